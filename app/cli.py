@@ -1,0 +1,201 @@
+"""The `tegami` command: serve, worker, migrate, dev, api-key, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.config import Settings, SettingsError, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"tegami: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _alembic_ini() -> Path:
+    for candidate in (PROJECT_ROOT / "alembic.ini", Path.cwd() / "alembic.ini"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("tegami: alembic.ini not found (run from the project directory)")
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(_alembic_ini()))
+    config.attributes["configure_logger"] = False
+    # configparser treats % as interpolation; URLs may hold percent-escapes.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+    from app.ops.logging import configure_logging
+
+    configure_logging()
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+    )
+
+
+async def _run_worker(settings: Settings) -> None:
+    from app.main import create_app
+
+    app = create_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # The lifespan starts the worker; leaving it finishes the sends in flight.
+    async with app.router.lifespan_context(app):
+        await stop.wait()
+
+
+async def _create_api_key(settings: Settings, name: str) -> str:
+    from app.api_keys import create_key
+    from app.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            key = await create_key(session, name=name)
+            await session.commit()
+            return key
+    finally:
+        await engine.dispose()
+
+
+def export_openapi() -> str:
+    from app.main import create_app
+
+    return json.dumps(create_app().openapi(), indent=2, ensure_ascii=False) + "\n"
+
+
+def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
+    """Start (or reuse) the embedded PostgreSQL and return settings for a local run."""
+    import pgserver
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(state_dir / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
+    secrets_file = state_dir / "secrets.json"
+    if secrets_file.exists():
+        stored = json.loads(secrets_file.read_text())
+    else:
+        stored = {
+            "unsubscribe_secret": secrets.token_urlsafe(32),
+            "address_hash_secret": secrets.token_urlsafe(32),
+        }
+        secrets_file.write_text(json.dumps(stored))
+        secrets_file.chmod(0o600)
+    return {
+        "TEGAMI_DATABASE_URL": server.get_uri(),
+        "TEGAMI_PUBLIC_BASE_URL": f"http://{host}:{port}",
+        "TEGAMI_UNSUBSCRIBE_SECRET": stored["unsubscribe_secret"],
+        "TEGAMI_ADDRESS_HASH_SECRET": stored["address_hash_secret"],
+        "TEGAMI_LINK_HOSTS": "proworks.jp,localhost",
+        "TEGAMI_MAIL_BACKEND": "mailbox",
+        "TEGAMI_MAILBOX_DIR": str(state_dir / "mailbox"),
+        "TEGAMI_SENDER_POSTAL_ADDRESS": "〒000-0000 (開発用の住所)",
+        "TEGAMI_SENDER_CONTACT": "support@proworks.jp",
+    }
+
+
+def dev(*, host: str, port: int) -> None:
+    # Explicit TEGAMI_* variables win over the development defaults.
+    for key, value in dev_environment(Path(".tegami").resolve(), host=host, port=port).items():
+        os.environ.setdefault(key, value)
+    settings = _settings_or_exit()
+    migrate(settings.database_url)
+    key = asyncio.run(_create_api_key(settings, f"dev-{secrets.token_hex(3)}"))
+    base = settings.public_base_url
+    print(
+        f"\ntegami dev is starting on {base}\n"
+        f"  API key:  {key}\n"
+        f"  mailbox:  {base}/dev/mailbox\n"
+        f"  API docs: {base}/docs\n"
+        f"  try:      curl -X POST {base}/emails/verify-email -H 'Authorization: Bearer {key}' "
+        "-H 'Content-Type: application/json' "
+        """-d '{"to":"taro@example.com","params":{"verification_url":"https://proworks.jp/verify?t=1"}}'\n""",
+        flush=True,
+    )
+    serve(settings, host=host, port=port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tegami", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in (
+        ("serve", "run the API and the worker"),
+        ("dev", "run locally: embedded PostgreSQL, mails kept in a local mailbox"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--host", default="127.0.0.1" if name == "dev" else "0.0.0.0")  # noqa: S104
+        command.add_argument("--port", type=int, default=8000)
+
+    commands.add_parser("worker", help="run the worker alone")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+
+    api_key = commands.add_parser("api-key", help="manage API keys")
+    api_key_commands = api_key.add_subparsers(dest="api_key_command", required=True)
+    create = api_key_commands.add_parser("create", help="create a key and print it")
+    create.add_argument("name")
+
+    openapi = commands.add_parser("openapi", help="print the OpenAPI document")
+    openapi.add_argument("--output", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        serve(_settings_or_exit(), host=args.host, port=args.port)
+    elif args.command == "dev":
+        dev(host=args.host, port=args.port)
+    elif args.command == "worker":
+        from app.ops.logging import configure_logging
+
+        configure_logging()
+        asyncio.run(_run_worker(_settings_or_exit()))
+    elif args.command == "migrate":
+        url = os.environ.get("TEGAMI_DATABASE_URL")
+        if not url:
+            print("tegami: TEGAMI_DATABASE_URL is required", file=sys.stderr)
+            raise SystemExit(2)
+        migrate(url)
+    elif args.command == "api-key":
+        key = asyncio.run(_create_api_key(_settings_or_exit(), args.name))
+        print(key)
+    elif args.command == "openapi":
+        document = export_openapi()
+        if args.output:
+            args.output.write_text(document)
+        else:
+            sys.stdout.write(document)
+
+
+if __name__ == "__main__":
+    main()

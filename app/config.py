@@ -1,0 +1,133 @@
+"""Settings, read once from the environment (prefix ``TEGAMI_``).
+
+Lists are comma-separated (``TEGAMI_LINK_HOSTS=proworks.jp,www.proworks.jp``).
+AWS credentials, region and endpoints come from AWS's own variables.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class MailBackend(StrEnum):
+    SES = "ses"
+    MAILBOX = "mailbox"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TEGAMI_", extra="ignore", frozen=True)
+
+    # Required: the service cannot run safely without them.
+    database_url: str
+    public_base_url: str
+    unsubscribe_secret: Annotated[list[SecretStr], NoDecode]
+    address_hash_secret: SecretStr
+    link_hosts: CommaList
+    sender_postal_address: str
+    sender_contact: str
+
+    from_address: str = "PRO WORKS <noreply@proworks.jp>"
+    sender_name: str = "PRO WORKS"
+    mail_backend: MailBackend = MailBackend.SES
+    mailbox_dir: Path = Path(".tegami/mailbox")
+    ses_configuration_set: str | None = None
+    max_send_rate: float | None = Field(default=None, gt=0)
+    send_concurrency: int = Field(default=32, ge=1, le=1000)
+    sns_topic_arns: CommaList = []
+    sns_cert_dir: Path | None = None
+    sns_max_age_seconds: int = Field(default=3900, ge=0)
+    reputation_guard: bool = True
+    reputation_window: int = Field(default=1000, ge=1)
+    reputation_min_sends: int = Field(default=200, ge=1)
+    alert_webhook_url: str | None = None
+    cloudwatch_emf: bool = False
+    retention_days: int = Field(default=400, ge=1)
+    run_worker: bool = True
+
+    @field_validator("link_hosts", "sns_topic_arns", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("unsubscribe_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("unsubscribe_secret")
+    @classmethod
+    def _secrets_long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if not value:
+            raise ValueError("needs at least one secret")
+        if any(len(secret.get_secret_value()) < 16 for secret in value):
+            raise ValueError("each secret needs at least 16 characters")
+        return value
+
+    @field_validator("link_hosts")
+    @classmethod
+    def _hosts_lowercase(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one host")
+        return [host.lower() for host in value]
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for local development)")
+        return value.rstrip("/")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return to_asyncpg_url(self.database_url)
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept the plain ``postgresql://user:pass@host/db`` form that RDS shows.
+
+    asyncpg spells libpq's ``sslmode`` as ``ssl``; the rest of the URL passes through.
+    """
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
+            break
+    else:
+        raise ValueError("TEGAMI_DATABASE_URL must start with postgresql://")
+    return url.replace("sslmode=", "ssl=")
+
+
+class SettingsError(Exception):
+    """Settings are missing or wrong; the message names each setting."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()  # filled from the environment
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = "TEGAMI_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        problem = "is required" if error["type"] == "missing" else error["msg"]
+        lines.append(f"{name} {problem}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

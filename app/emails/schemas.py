@@ -1,0 +1,80 @@
+"""Request and response bodies of the send API."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.emails.catalog import EMAIL_KINDS
+from app.models import MessageStatus
+
+EmailType = StrEnum("EmailType", {name.replace("-", "_"): name for name in EMAIL_KINDS})  # type: ignore[misc]
+
+# SES takes ASCII addresses only (no SMTPUTF8); IDN domains must come as punycode.
+_ADDRESS = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@"
+    r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+
+
+def check_address(value: str) -> str:
+    if not _ADDRESS.match(value) or ".." in value or value.startswith("."):
+        raise ValueError("not a valid email address (ASCII addr-spec, e.g. taro@example.com)")
+    return value
+
+
+class EmailCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": "taro@example.com",
+                    "params": {"verification_url": "https://proworks.jp/verify?token=abc"},
+                    "user_id": "user_123",
+                }
+            ]
+        },
+    )
+
+    to: str = Field(max_length=254, description="Recipient, as the user typed it.")
+    params: dict[str, str] = Field(description="The links this type of mail needs.")
+    user_id: str | None = Field(
+        default=None, max_length=200, description="The app's own id for the user."
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
+
+
+class EmailAccepted(BaseModel):
+    id: uuid.UUID
+    status: MessageStatus
+
+
+class EmailEventRead(BaseModel):
+    kind: str
+    detail: str | None
+    cause: str | None
+    created_at: datetime
+
+
+class EmailRead(BaseModel):
+    id: uuid.UUID
+    type: str
+    category: str
+    status: MessageStatus
+    to: str | None = Field(description="Null once the recipient was erased.")
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    expires_at: datetime | None
+    ses_message_id: str | None
+    last_error: str | None
+    events: list[EmailEventRead]

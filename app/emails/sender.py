@@ -1,0 +1,136 @@
+"""Handing a rendered mail to SES (or, in development, to a local mailbox).
+
+``classify_ses_error`` is the one place that decides retry versus give up.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sesv2 import SESV2Client
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    RETRY = "retry"  # try again later: nothing is wrong with the mail
+    THROTTLED = "throttled"  # retry, and SES asks us to slow down
+    PAUSED = "paused"  # the account cannot send now; retry without counting against the mail
+    PERMANENT = "permanent"  # SES will never take this mail: fail it with the reason
+
+
+# SES v2 error codes (https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_SendEmail.html).
+_THROTTLED = {
+    "TooManyRequestsException",
+    "Throttling",
+    "ThrottlingException",
+    "LimitExceededException",
+}
+_PAUSED = {"SendingPausedException", "AccountSuspendedException"}
+_PERMANENT = {
+    "MessageRejected",
+    "MailFromDomainNotVerifiedException",
+    "BadRequestException",
+    "InvalidParameterValue",
+    "NotFoundException",
+}
+
+
+def classify_ses_error(code: str, http_status: int | None) -> Outcome:
+    if code in _THROTTLED or http_status == 429:
+        return Outcome.THROTTLED
+    if code in _PAUSED:
+        return Outcome.PAUSED
+    if code in _PERMANENT:
+        return Outcome.PERMANENT
+    if http_status is not None and 400 <= http_status < 500:
+        return Outcome.PERMANENT
+    # 5xx, unknown codes without a status: SES's side, worth another try.
+    return Outcome.RETRY
+
+
+class SendError(Exception):
+    def __init__(self, outcome: Outcome, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.outcome = outcome
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    raw: bytes
+    to: str
+    from_address: str
+    tags: dict[str, str]
+
+
+class Sender(Protocol):
+    async def send(self, mail: OutgoingMail) -> str:
+        """Hand the mail over; return the provider's message id or raise SendError."""
+
+    async def max_send_rate(self) -> float | None:
+        """Sends per second the provider allows, when it says."""
+
+
+class SesSender:
+    def __init__(self, client: SESV2Client, *, configuration_set: str | None) -> None:
+        self._client = client
+        self._configuration_set = configuration_set
+
+    async def send(self, mail: OutgoingMail) -> str:
+        extra: dict[str, str] = {}
+        if self._configuration_set:
+            extra["ConfigurationSetName"] = self._configuration_set
+        try:
+            answer = await self._client.send_email(
+                FromEmailAddress=mail.from_address,
+                Destination={"ToAddresses": [mail.to]},
+                Content={"Raw": {"Data": mail.raw}},
+                EmailTags=[{"Name": k, "Value": v} for k, v in mail.tags.items()],
+                **extra,  # type: ignore[arg-type]
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "Unknown"))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            raise SendError(
+                classify_ses_error(code, status), code, str(error.get("Message", ""))
+            ) from exc
+        except (BotoCoreError, OSError, TimeoutError) as exc:
+            # Network trouble or timeouts: SES may come back any moment.
+            raise SendError(Outcome.RETRY, type(exc).__name__, str(exc)) from exc
+        return answer["MessageId"]
+
+    async def max_send_rate(self) -> float | None:
+        account = await self._client.get_account()
+        rate = account.get("SendQuota", {}).get("MaxSendRate")
+        return float(rate) if rate else None
+
+
+class MailboxSender:
+    """Development backend: each mail becomes an .eml file, listed at /dev/mailbox."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def send(self, mail: OutgoingMail) -> str:
+        message_id = f"mailbox-{uuid.uuid4()}"
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        path = anyio.Path(self.directory) / f"{stamp}-{message_id}.eml"
+        await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+        await path.write_bytes(mail.raw)
+        return message_id
+
+    async def max_send_rate(self) -> float | None:
+        return None

@@ -1,0 +1,98 @@
+"""create_app(): the lifespan owns the engine, the SES client, the HTTP client and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import aioboto3
+import httpx
+from botocore.config import Config
+from fastapi import FastAPI
+
+from app.config import MailBackend, Settings, load_settings
+from app.db import create_engine, create_sessionmaker
+from app.dev.router import router as dev_router
+from app.emails.router import router as emails_router
+from app.emails.sender import MailboxSender, Sender, SesSender
+from app.emails.worker import Worker
+from app.errors import install_error_handlers
+from app.ops.health import router as health_router
+from app.ops.limits import BodySizeLimit
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "ap-northeast-1"
+
+
+def ses_client_config(settings: Settings) -> Config:
+    return Config(
+        # The worker owns retries (backoff, jitter, deadlines); botocore must not add its own.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=15,
+        max_pool_connections=settings.send_concurrency,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_sender(settings: Settings) -> AsyncIterator[Sender]:
+    if settings.mail_backend == MailBackend.MAILBOX:
+        yield MailboxSender(settings.mailbox_dir)
+        return
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    session = aioboto3.Session()
+    # AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_SESV2 are honoured by botocore itself.
+    async with session.client(
+        "sesv2", region_name=region, config=ses_client_config(settings)
+    ) as client:
+        yield SesSender(client, configuration_set=settings.ses_configuration_set)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings | None = app.state.settings
+    if settings is None:
+        settings = app.state.settings = load_settings()
+    engine = create_engine(settings.sqlalchemy_url)
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.outbox_wake = asyncio.Event()
+    stopping = asyncio.Event()
+    async with (
+        httpx.AsyncClient(timeout=5.0, follow_redirects=False) as http,
+        open_sender(settings) as sender,
+    ):
+        app.state.http = http
+        app.state.sender = sender
+        worker = Worker(engine=engine, sender=sender, settings=settings, wake=app.state.outbox_wake)
+        app.state.worker = worker
+        worker_task = asyncio.create_task(worker.run(stopping)) if settings.run_worker else None
+        try:
+            yield
+        finally:
+            # Finish the sends in flight before the process goes.
+            stopping.set()
+            if worker_task is not None:
+                await worker_task
+    await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="tegami",
+        version="0.1.0",
+        summary="Transactional mail for PRO WORKS, through Amazon SES.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
+    app.include_router(emails_router)
+    app.include_router(health_router)
+    if settings is not None and settings.mail_backend == MailBackend.MAILBOX:
+        app.include_router(dev_router)
+    return app

@@ -1,0 +1,192 @@
+"""Every table, in one metadata (Alembic compares against it; tables cross domains)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    HELD = "held"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+# A message in one of these may still be handed to SES.
+PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
+
+
+class SuppressionReason(StrEnum):
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE_LIMIT = "soft_bounce_limit"
+    COMPLAINT = "complaint"
+    MANUAL = "manual"
+
+
+def _now_column() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_key"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    # SHA-256 of the key: the key itself is shown once and never stored.
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    created_at: Mapped[datetime] = _now_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Recipient(Base):
+    """One row per address, matched case-insensitively through a keyed hash."""
+
+    __tablename__ = "recipient"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    address_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    # Null once erased (DELETE /recipients/{email}).
+    address: Mapped[str | None] = mapped_column(Text)
+    user_id: Mapped[str | None] = mapped_column(Text)
+    soft_bounce_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column()
+
+
+class Suppression(Base):
+    """Blocks every category. Keyed by the address hash so it survives erasure."""
+
+    __tablename__ = "suppression"
+
+    address_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    cause: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class OptOut(Base):
+    """Blocks one optional category for one recipient."""
+
+    __tablename__ = "opt_out"
+
+    recipient_id: Mapped[int] = mapped_column(
+        ForeignKey("recipient.id", ondelete="CASCADE"), primary_key=True
+    )
+    category: Mapped[str] = mapped_column(Text, primary_key=True)
+    cause: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Message(Base):
+    """The outbox and the log of every accepted mail."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "idempotency_key"),
+        # The worker's claim query: pending messages by due time.
+        Index(
+            "ix_message_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text)
+    recipient_id: Mapped[int] = mapped_column(ForeignKey("recipient.id"), index=True)
+    # The address exactly as the app gave it; null once erased.
+    to_address: Mapped[str | None] = mapped_column(Text)
+    user_id: Mapped[str | None] = mapped_column(Text)
+    # Holds link tokens: purged once the mail is sent or expired.
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = _now_column()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ses_message_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_key.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column()
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MessageEvent(Base):
+    """What happened to a message: attempts, SES answers, feedback."""
+
+    __tablename__ = "message_event"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    cause: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class AuditEvent(Base):
+    """Every change of a recipient's state, with its cause: the audit trail promised to AWS."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    address_hash: Mapped[bytes] = mapped_column(LargeBinary, index=True)
+    action: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    cause: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class SnsMessage(Base):
+    """SNS MessageIds already applied: each is applied once."""
+
+    __tablename__ = "sns_message"
+
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    topic_arn: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = _now_column()
+
+
+class SendPacer(Base):
+    """One row: the next free send slot, shared by every worker so the sum stays under the rate."""
+
+    __tablename__ = "send_pacer"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    next_slot_at: Mapped[datetime] = _now_column()
