@@ -22,6 +22,9 @@ from app.emails.worker import Worker
 from app.errors import install_error_handlers
 from app.ops.health import router as health_router
 from app.ops.limits import BodySizeLimit
+from app.recipients.router import router as recipients_router
+from app.sns.router import router as sns_router
+from app.unsubscribe.router import router as unsubscribe_router
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
     app.include_router(emails_router)
+    app.include_router(recipients_router)
+    app.include_router(sns_router)
+    app.include_router(unsubscribe_router)
     app.include_router(health_router)
     if settings is not None and settings.mail_backend == MailBackend.MAILBOX:
         app.include_router(dev_router)

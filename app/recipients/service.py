@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.emails.catalog import OPTIONAL_CATEGORIES, Category
-from app.models import OptOut, Recipient, Suppression
+from app.models import AuditEvent, OptOut, Recipient, Suppression, SuppressionReason
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,94 @@ async def ensure_recipient(
         },
     )
     return (await session.execute(statement.returning(Recipient.id))).scalar_one()
+
+
+async def record_audit(
+    session: AsyncSession,
+    *,
+    address_hash: bytes,
+    action: str,
+    cause: str,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """One line of the audit trail: what changed for an address, why, and on whose word."""
+    session.add(
+        AuditEvent(
+            address_hash=address_hash, action=action, reason=reason, cause=cause, detail=detail
+        )
+    )
+
+
+async def suppress(
+    session: AsyncSession,
+    *,
+    address_hash: bytes,
+    reason: SuppressionReason,
+    cause: str,
+    detail: str | None = None,
+) -> bool:
+    """Suppress the address for every category. False when it already was (first cause kept)."""
+    statement = (
+        insert(Suppression)
+        .values(address_hash=address_hash, reason=reason, cause=cause, detail=detail)
+        .on_conflict_do_nothing(index_elements=[Suppression.address_hash])
+        .returning(Suppression.address_hash)
+    )
+    created = (await session.execute(statement)).scalar_one_or_none() is not None
+    if created:
+        await record_audit(
+            session,
+            address_hash=address_hash,
+            action="suppressed",
+            reason=reason,
+            cause=cause,
+            detail=detail,
+        )
+    return created
+
+
+async def lift_suppression(session: AsyncSession, *, address_hash: bytes, cause: str) -> bool:
+    """Remove a suppression (an operator's decision). False when there was none."""
+    removed = (
+        await session.execute(
+            delete(Suppression)
+            .where(Suppression.address_hash == address_hash)
+            .returning(Suppression.reason)
+        )
+    ).scalar_one_or_none()
+    if removed is None:
+        return False
+    # A fresh start: old soft bounces must not suppress again on the next one.
+    await session.execute(
+        update(Recipient)
+        .where(Recipient.address_hash == address_hash)
+        .values(soft_bounce_count=0, updated_at=func.now())
+    )
+    await record_audit(
+        session, address_hash=address_hash, action="suppression_lifted", reason=removed, cause=cause
+    )
+    return True
+
+
+async def opt_out(
+    session: AsyncSession, *, recipient_id: int, category: Category, cause: str
+) -> bool:
+    """Opt the recipient out of an optional category. False when already opted out."""
+    statement = (
+        insert(OptOut)
+        .values(recipient_id=recipient_id, category=category, cause=cause)
+        .on_conflict_do_nothing(index_elements=[OptOut.recipient_id, OptOut.category])
+        .returning(OptOut.recipient_id)
+    )
+    created = (await session.execute(statement)).scalar_one_or_none() is not None
+    if created:
+        hashed = (
+            await session.execute(
+                select(Recipient.address_hash).where(Recipient.id == recipient_id)
+            )
+        ).scalar_one()
+        await record_audit(
+            session, address_hash=hashed, action="opted_out", reason=category, cause=cause
+        )
+    return created
