@@ -1,4 +1,4 @@
-"""The `tegami` command: serve, worker, migrate, dev, api-key, openapi."""
+"""The `tegami` command: serve, worker, migrate, dev, api-key, simulate, openapi."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
-def _alembic_ini() -> Path:
+def alembic_ini() -> Path:
     for candidate in (PROJECT_ROOT / "alembic.ini", Path.cwd() / "alembic.ini"):
         if candidate.is_file():
             return candidate
@@ -36,7 +36,7 @@ def migrate(database_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    config = Config(str(_alembic_ini()))
+    config = Config(str(alembic_ini()))
     config.attributes["configure_logger"] = False
     # configparser treats % as interpolation; URLs may hold percent-escapes.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -98,6 +98,8 @@ def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
     """Start (or reuse) the embedded PostgreSQL and return settings for a local run."""
     import pgserver
 
+    from app.sns.simulate import dev_sns_environment
+
     state_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(state_dir / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
     secrets_file = state_dir / "secrets.json"
@@ -120,6 +122,8 @@ def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
         "TEGAMI_MAILBOX_DIR": str(state_dir / "mailbox"),
         "TEGAMI_SENDER_POSTAL_ADDRESS": "〒000-0000 (開発用の住所)",
         "TEGAMI_SENDER_CONTACT": "support@proworks.jp",
+        # Trust the local signing certificate of `tegami simulate`, for a dev topic only.
+        **dev_sns_environment(state_dir),
     }
 
 
@@ -144,6 +148,36 @@ def dev(*, host: str, port: int) -> None:
     serve(settings, host=host, port=port)
 
 
+def run_simulate(event: str, email: str, *, soft: bool, url: str) -> None:
+    import httpx
+
+    from app.sns.simulate import SimulatedEvent, simulate
+
+    kind = SimulatedEvent(event)
+    if soft and kind is not SimulatedEvent.BOUNCE:
+        print("tegami: --soft goes with bounce only", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        answer = asyncio.run(
+            simulate(kind, email, soft=soft, url=url, state_dir=Path(".tegami").resolve())
+        )
+    except httpx.HTTPError as exc:
+        print(f"tegami: could not reach {url} ({exc}); is `tegami dev` running?", file=sys.stderr)
+        raise SystemExit(1) from None
+    what = f"{'soft ' if soft else ''}{kind.value}"
+    if answer.status_code == 200:
+        print(f"{what} for {email}: {answer.json().get('outcome', 'applied')}")
+        return
+    print(f"tegami: {url} answered {answer.status_code}: {answer.text}", file=sys.stderr)
+    if answer.status_code == 403:
+        print(
+            "tegami: run simulate from the directory where `tegami dev` runs (it trusts "
+            ".tegami/sns/ there), and leave TEGAMI_SNS_TOPIC_ARNS unset for dev",
+            file=sys.stderr,
+        )
+    raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tegami", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     api_key_commands = api_key.add_subparsers(dest="api_key_command", required=True)
     create = api_key_commands.add_parser("create", help="create a key and print it")
     create.add_argument("name")
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="post a signed SES event to a running `tegami dev` (through /sns/ses-events)",
+    )
+    simulate.add_argument("event", choices=["bounce", "complaint", "delivery"])
+    simulate.add_argument("email")
+    simulate.add_argument(
+        "--soft", action="store_true", help="a transient (soft) bounce instead of a hard one"
+    )
+    simulate.add_argument("--url", default="http://127.0.0.1:8000", help="where `tegami dev` runs")
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--output", type=Path)
@@ -189,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "api-key":
         key = asyncio.run(_create_api_key(_settings_or_exit(), args.name))
         print(key)
+    elif args.command == "simulate":
+        run_simulate(args.event, args.email, soft=args.soft, url=args.url)
     elif args.command == "openapi":
         document = export_openapi()
         if args.output:

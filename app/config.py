@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TEGAMI_", extra="ignore", frozen=True)
 
     # Required: the service cannot run safely without them.
-    database_url: str
+    database_url: str = Field(repr=False)  # may hold a password
     public_base_url: str
     unsubscribe_secret: Annotated[list[SecretStr], NoDecode]
     address_hash_secret: SecretStr

@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -103,9 +102,9 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         # The database being away is an outage, not a bug: 503 so callers (and SNS) retry.
+        # Registered per class (not for Exception) so Starlette answers without re-raising.
         if _is_database_unavailable(exc):
             log.error("database unavailable", extra={"error": type(exc).__name__})
             return JSONResponse(
@@ -113,7 +112,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 status_code=503,
                 headers={"Retry-After": "5"},
             )
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse(
-            jsonable_encoder(error_body("internal_error", "unexpected error")), status_code=500
-        )
+        log.error("database error", exc_info=exc, extra={"path": request.url.path})
+        return JSONResponse(error_body("internal_error", "unexpected error"), status_code=500)
+
+    for exc_class in (DBAPIError, OSError):
+        app.add_exception_handler(exc_class, _database_error)

@@ -98,7 +98,7 @@ def ses(moto_ses: MotoSes) -> MotoSes:
     return moto_ses
 
 
-def make_settings(database_url: str, **overrides: Any) -> Settings:
+def make_settings(database_url: str = "postgresql://unused/none", **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "public_base_url": "https://mail.proworks.jp",
@@ -141,7 +141,8 @@ async def start_app(
     stack: list[Any] = []
 
     async def start(**overrides: Any) -> httpx.AsyncClient:
-        app = create_app(make_settings(database_url, **overrides))
+        overrides.setdefault("database_url", database_url)
+        app = create_app(make_settings(**overrides))
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         stack.append(lifespan)

@@ -1,0 +1,255 @@
+"""The outbox worker: re-checks at send time, expiry, SES outages and errors, many workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import create_engine
+from app.emails.pacer import reserve_slots
+from app.emails.sender import Outcome, classify_ses_error
+from app.emails.worker import MAX_BACKOFF_SECONDS, Worker
+from app.main import open_sender
+from app.models import Message, MessageEvent, SuppressionReason
+from tests.conditions import eventually
+from tests.conftest import AppFactory, make_settings
+from tests.emails.test_router import _suppress, body, drain
+from tests.ses import MotoSes
+
+
+async def _accept(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    to: str = "taro@example.com",
+    kind: str = "verify-email",
+) -> str:
+    answer = await client.post(f"/emails/{kind}", json=body(to, kind), headers=auth)
+    assert answer.status_code == 202, answer.text
+    email_id: str = answer.json()["id"]
+    return email_id
+
+
+async def _status(client: httpx.AsyncClient, auth: dict[str, str], email_id: str) -> dict[str, Any]:
+    shown: dict[str, Any] = (await client.get(f"/emails/{email_id}", headers=auth)).json()
+    return shown
+
+
+async def test_address_suppressed_after_accept_is_not_sent(
+    client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
+) -> None:
+    email_id = await _accept(client, auth)
+    await _suppress(engine, "TARO@example.com", SuppressionReason.COMPLAINT)
+
+    await drain(client)
+
+    assert ses.sent() == []
+    shown = await _status(client, auth, email_id)
+    assert shown["status"] == "failed"
+    assert shown["last_error"] == "suppressed: complaint"
+
+
+async def test_expired_mail_is_never_sent(
+    client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
+) -> None:
+    email_id = await _accept(client, auth, kind="password-reset")
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(Message).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+    await drain(client)
+
+    assert ses.sent() == []
+    assert (await _status(client, auth, email_id))["status"] == "expired"
+
+
+async def test_ses_outage_loses_nothing_and_sends_everything_once_back(
+    client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
+) -> None:
+    ids = [await _accept(client, auth, f"user{i}@example.com") for i in range(5)]
+    ses.stop()
+    try:
+        await drain(client)
+        for email_id in ids:
+            shown = await _status(client, auth, email_id)
+            assert shown["status"] == "queued"
+            assert "EndpointConnectionError" in str(shown["last_error"])
+        async with engine.connect() as conn:
+            waits = (
+                await conn.execute(text("SELECT next_attempt_at - now() FROM message"))
+            ).scalars()
+            # Backoff is capped, so every mail goes out soon after SES is back.
+            assert all(timedelta(0) < w <= timedelta(seconds=MAX_BACKOFF_SECONDS) for w in waits)
+    finally:
+        ses.start()
+
+    # Time passes: the retries fall due.
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE message SET next_attempt_at = now()"))
+    await drain(client)
+
+    assert sorted(m.destinations[0] for m in ses.sent()) == sorted(
+        f"user{i}@example.com" for i in range(5)
+    )
+    for email_id in ids:
+        shown = await _status(client, auth, email_id)
+        assert shown["status"] == "sent"
+        assert [e["kind"] for e in shown["events"]] == ["accepted", "send_retry", "sent"]
+
+
+async def test_running_worker_resends_by_itself_when_ses_returns(
+    start_app: AppFactory, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
+) -> None:
+    client = await start_app(run_worker=True)
+    ses.stop()
+    try:
+        email_id = await _accept(client, auth)
+
+        async def retried() -> bool:
+            return (await _status(client, auth, email_id))["status"] == "queued" and bool(
+                (await _status(client, auth, email_id))["last_error"]
+            )
+
+        await eventually(retried)
+    finally:
+        ses.start()
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE message SET next_attempt_at = now()"))
+
+    async def sent() -> bool:
+        return bool((await _status(client, auth, email_id))["status"] == "sent")
+
+    await eventually(sent)
+    assert len(ses.sent()) == 1
+
+
+async def test_permanent_ses_error_fails_the_mail_with_the_reason(
+    start_app: AppFactory, auth: dict[str, str], ses: MotoSes
+) -> None:
+    # moto refuses a From domain that is not a verified identity, as SES does.
+    client = await start_app(from_address="PRO WORKS <noreply@unverified.example>")
+    email_id = await _accept(client, auth)
+
+    await drain(client)
+
+    shown = await _status(client, auth, email_id)
+    assert shown["status"] == "failed"
+    assert "MessageRejected" in str(shown["last_error"])
+    assert ses.sent() == []
+
+
+async def test_new_mail_wakes_the_running_worker(
+    start_app: AppFactory, auth: dict[str, str], ses: MotoSes
+) -> None:
+    # A long poll interval: only the wake-up signal can make this pass quickly.
+    client = await start_app(run_worker=True)
+    client.app.state.worker.poll_seconds = 3600  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    email_id = await _accept(client, auth)
+
+    async def sent() -> bool:
+        return bool((await _status(client, auth, email_id))["status"] == "sent")
+
+    await eventually(sent, within=10)
+
+
+async def test_two_workers_drain_one_backlog_without_sending_twice(
+    client: httpx.AsyncClient, auth: dict[str, str], database_url: str, ses: MotoSes
+) -> None:
+    addresses = [f"backlog{i}@example.com" for i in range(120)]
+    for start in range(0, len(addresses), 20):
+        await asyncio.gather(*(_accept(client, auth, a) for a in addresses[start : start + 20]))
+
+    settings = make_settings(database_url, send_concurrency=8)
+    engines = [create_engine(settings.sqlalchemy_url) for _ in range(2)]
+    try:
+        async with open_sender(settings) as sender_a, open_sender(settings) as sender_b:
+            workers = [
+                Worker(engine=engines[0], sender=sender_a, settings=settings, batch_size=7),
+                Worker(engine=engines[1], sender=sender_b, settings=settings, batch_size=7),
+            ]
+            handled = await asyncio.gather(*(w.drain() for w in workers))
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+    sent_to = [m.destinations[0] for m in ses.sent()]
+    assert sorted(sent_to) == sorted(addresses)
+    assert all(count > 0 for count in handled), "both workers should have taken a share"
+
+
+async def test_rate_falls_back_to_one_per_second_when_ses_cannot_tell(
+    database_url: str, engine: AsyncEngine, ses: MotoSes, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(database_url, max_send_rate=None)
+    async with open_sender(settings) as sender:
+        worker = Worker(engine=engine, sender=sender, settings=settings)
+        # moto does not implement SES v2 GetAccount: the rate cannot be read.
+        with caplog.at_level(logging.WARNING):
+            rate = await worker.refresh_rate()
+    assert rate == 1.0
+    assert "could not read MaxSendRate" in caplog.text
+
+
+async def test_configured_rate_wins_over_ses(
+    database_url: str, engine: AsyncEngine, ses: MotoSes
+) -> None:
+    settings = make_settings(database_url, max_send_rate=14.0)
+    async with open_sender(settings) as sender:
+        worker = Worker(engine=engine, sender=sender, settings=settings)
+        assert await worker.refresh_rate() == 14.0
+
+
+async def test_send_slots_are_shared_so_workers_together_keep_the_rate(
+    engine: AsyncEngine,
+) -> None:
+    # Two workers reserving 10 slots each at 20/s: the second batch starts half a second later.
+    first = await reserve_slots(engine, count=10, rate=20.0)
+    second = await reserve_slots(engine, count=10, rate=20.0)
+    third = await reserve_slots(engine, count=10, rate=20.0)
+    assert first < 0.1
+    assert second == pytest.approx(first + 0.5, abs=0.1)
+    assert third == pytest.approx(first + 1.0, abs=0.1)
+
+
+async def test_every_attempt_is_on_the_record(
+    client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
+) -> None:
+    email_id = await _accept(client, auth)
+    await drain(client)
+    async with engine.connect() as conn:
+        kinds = (
+            await conn.execute(
+                select(MessageEvent.kind, MessageEvent.cause).order_by(MessageEvent.id)
+            )
+        ).all()
+    assert [k for k, _ in kinds] == ["accepted", "sent"]
+    assert str(kinds[0][1]).startswith("api_key:")
+    assert (await _status(client, auth, email_id))["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "outcome"),
+    [
+        ("TooManyRequestsException", 429, Outcome.THROTTLED),
+        ("Throttling", 400, Outcome.THROTTLED),
+        ("SendingPausedException", 400, Outcome.PAUSED),
+        ("MessageRejected", 400, Outcome.PERMANENT),
+        ("MailFromDomainNotVerifiedException", 400, Outcome.PERMANENT),
+        ("InternalFailure", 500, Outcome.RETRY),
+        ("ServiceUnavailable", 503, Outcome.RETRY),
+        ("SomethingNew", 400, Outcome.PERMANENT),
+        ("SomethingNew", None, Outcome.RETRY),
+    ],
+)
+def test_ses_errors_are_sorted_into_retry_or_give_up(
+    code: str, status: int | None, outcome: Outcome
+) -> None:
+    assert classify_ses_error(code, status) is outcome
