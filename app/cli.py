@@ -1,4 +1,4 @@
-"""The `tegami` command: serve, worker, migrate, dev, api-key, simulate, openapi."""
+"""The `tegami` command: serve, worker, migrate, dev, api-key, simulate, domain, openapi."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.config import Settings, SettingsError, load_settings
+from app.ops.domain import add_domain_commands, run_domain_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +97,12 @@ def export_openapi() -> str:
 
 def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
     """Start (or reuse) the embedded PostgreSQL and return settings for a local run."""
+    import warnings
+
     import pgserver
+
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
     from app.sns.simulate import dev_sns_environment
 
@@ -209,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--url", default="http://127.0.0.1:8000", help="where `tegami dev` runs")
 
+    add_domain_commands(commands)
+
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--output", type=Path)
     return parser
@@ -234,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "api-key":
         key = asyncio.run(_create_api_key(_settings_or_exit(), args.name))
         print(key)
+    elif args.command == "domain":
+        raise SystemExit(run_domain_command(args))
     elif args.command == "simulate":
         run_simulate(args.event, args.email, soft=args.soft, url=args.url)
     elif args.command == "openapi":

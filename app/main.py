@@ -22,8 +22,13 @@ from app.emails.worker import Worker
 from app.errors import install_error_handlers
 from app.ops.health import router as health_router
 from app.ops.limits import BodySizeLimit
+from app.ops.metrics import router as metrics_router
+from app.ops.reputation import ReputationWatch
+from app.ops.requests import RequestIdMiddleware
+from app.ops.status import router as status_router
 from app.recipients.router import router as recipients_router
 from app.sns.router import router as sns_router
+from app.sns.signature import CertificateStore
 from app.unsubscribe.router import router as unsubscribe_router
 
 log = logging.getLogger(__name__)
@@ -70,8 +75,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         open_sender(settings) as sender,
     ):
         app.state.http = http
+        app.state.sns_certificates = CertificateStore(http=http, cert_dir=settings.sns_cert_dir)
         app.state.sender = sender
-        worker = Worker(engine=engine, sender=sender, settings=settings, wake=app.state.outbox_wake)
+        reputation = ReputationWatch(
+            engine=engine,
+            settings=settings,
+            sender=sender,
+            http=http,
+            on_release=app.state.outbox_wake.set,
+        )
+        app.state.reputation = reputation
+        worker = Worker(
+            engine=engine,
+            sender=sender,
+            settings=settings,
+            wake=app.state.outbox_wake,
+            reputation=reputation,
+        )
         app.state.worker = worker
         worker_task = asyncio.create_task(worker.run(stopping)) if settings.run_worker else None
         try:
@@ -94,11 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(emails_router)
     app.include_router(recipients_router)
     app.include_router(sns_router)
     app.include_router(unsubscribe_router)
     app.include_router(health_router)
+    app.include_router(metrics_router)
+    app.include_router(status_router)
     if settings is not None and settings.mail_backend == MailBackend.MAILBOX:
         app.include_router(dev_router)
     return app

@@ -13,8 +13,9 @@ from app.db import SessionDep
 from app.emails import service
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.schemas import EmailAccepted, EmailCreate, EmailEventRead, EmailRead, EmailType
-from app.errors import UnsupportedMediaType
+from app.errors import Conflict, UnsupportedMediaType
 from app.models import MessageStatus
+from app.ops.metrics import EMAILS_ACCEPTED, EMAILS_REFUSED
 
 router = APIRouter(prefix="/emails", tags=["emails"])
 
@@ -66,21 +67,26 @@ async def send_email(
     ] = None,
 ) -> EmailAccepted:
     settings: Settings = request.app.state.settings
-    accepted = await service.accept(
-        session,
-        kind=EMAIL_KINDS[type.value],
-        to=body.to,
-        params=body.params,
-        user_id=body.user_id,
-        caller=caller,
-        idempotency_key=idempotency_key,
-        settings=settings,
-    )
+    try:
+        accepted = await service.accept(
+            session,
+            kind=EMAIL_KINDS[type.value],
+            to=body.to,
+            params=body.params,
+            user_id=body.user_id,
+            caller=caller,
+            idempotency_key=idempotency_key,
+            settings=settings,
+        )
+    except Conflict as refused:
+        EMAILS_REFUSED.labels(type=type.value, reason=refused.code).inc()
+        raise
     # The 202 goes out only once the mail is committed: an accepted mail is never lost.
     await session.commit()
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
+        EMAILS_ACCEPTED.labels(type=type.value).inc()
         request.app.state.outbox_wake.set()
     return EmailAccepted(id=accepted.id, status=accepted.status)
 

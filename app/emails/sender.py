@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
@@ -82,6 +82,9 @@ class Sender(Protocol):
     async def max_send_rate(self) -> float | None:
         """Sends per second the provider allows, when it says."""
 
+    async def account_status(self) -> dict[str, Any]:
+        """SES GetAccount's answer (SendingEnabled, EnforcementStatus, ...)."""
+
 
 class SesSender:
     def __init__(self, client: SESV2Client, *, configuration_set: str | None) -> None:
@@ -117,6 +120,9 @@ class SesSender:
         rate = account.get("SendQuota", {}).get("MaxSendRate")
         return float(rate) if rate else None
 
+    async def account_status(self) -> dict[str, Any]:
+        return dict(await self._client.get_account())
+
 
 class MailboxSender:
     """Development backend: each mail becomes an .eml file, listed at /dev/mailbox."""
@@ -134,3 +140,6 @@ class MailboxSender:
 
     async def max_send_rate(self) -> float | None:
         return None
+
+    async def account_status(self) -> dict[str, Any]:
+        return {"SendingEnabled": True, "EnforcementStatus": "HEALTHY"}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,14 @@ from app.emails.rendering import SenderInfo, render_email
 from app.emails.sender import Outcome, OutgoingMail, Sender, SendError
 from app.emails.service import OUTBOX_CHANNEL
 from app.models import MessageStatus
+from app.ops.metrics import (
+    EMAILS_FAILED,
+    EMAILS_SENT,
+    SEND_LATENCY,
+    SEND_RETRIES,
+    SES_CALL_LATENCY,
+)
+from app.ops.reputation import ReputationWatch
 from app.recipients.addresses import mask_address
 from app.unsubscribe.tokens import UnsubscribeClaim, make_token
 
@@ -123,6 +132,7 @@ class Worker:
         wake: asyncio.Event | None = None,
         batch_size: int = 100,
         poll_seconds: float = 1.0,
+        reputation: ReputationWatch | None = None,
     ) -> None:
         self.engine = engine
         self.sender = sender
@@ -130,6 +140,7 @@ class Worker:
         self.wake = wake or asyncio.Event()
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        self.reputation = reputation
         self.rate = settings.max_send_rate or FALLBACK_RATE
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_count = 0
@@ -194,6 +205,7 @@ class Worker:
                 )
             )
         await self._record(results)
+        _count(results, kinds={m.id: m.kind for m in batch})
 
     def _verdict(self, message: Claimed, now: datetime) -> Result | None:
         """A result without sending (expired, suppressed, opted out), or None to send."""
@@ -209,6 +221,14 @@ class Worker:
             )
         if message.to_address is None or message.params is None:
             return Result(message.id, MessageStatus.FAILED, "blocked", "recipient erased")
+        if self.reputation is not None and self.reputation.holds(message.category):
+            return Result(
+                message.id,
+                MessageStatus.HELD,
+                "held",
+                "bounce or complaint rate over SES's review level",
+                next_attempt_at=now,
+            )
         return None
 
     def unsubscribe_url(self, recipient_id: int, now: datetime) -> str:
@@ -245,10 +265,14 @@ class Worker:
             mail = self.render(message, now)
         except (KeyError, ValueError) as exc:
             return Result(message.id, MessageStatus.FAILED, "send_failed", f"render: {exc}")
+        started = time.perf_counter()
         try:
             ses_id = await self.sender.send(mail)
         except SendError as exc:
             return self._after_error(message, exc, now)
+        finally:
+            SES_CALL_LATENCY.observe(time.perf_counter() - started)
+        SEND_LATENCY.observe((datetime.now(UTC) - message.created_at).total_seconds())
         log.info(
             "sent",
             extra={
@@ -278,6 +302,7 @@ class Worker:
         if next_attempt >= retry_deadline(message):
             status = MessageStatus.EXPIRED if message.expires_at else MessageStatus.FAILED
             return Result(message.id, status, "gave_up", reason)
+        SEND_RETRIES.labels(outcome=exc.outcome.value).inc()
         log.info(
             "SES send will be retried",
             extra={
@@ -347,14 +372,18 @@ class Worker:
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and send until ``stopping`` is set; then finish what is in flight."""
         await self.refresh_rate()
-        listener = asyncio.create_task(self._listen(stopping))
-        refresher = asyncio.create_task(self._refresh_rate_forever(stopping))
+        tasks = [
+            asyncio.create_task(self._listen(stopping)),
+            asyncio.create_task(self._refresh_rate_forever(stopping)),
+        ]
+        if self.reputation is not None:
+            tasks.append(asyncio.create_task(self.reputation.run(stopping)))
         try:
             await self._loop(stopping)
         finally:
             if self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
-            for task in (listener, refresher):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -362,6 +391,10 @@ class Worker:
     async def _loop(self, stopping: asyncio.Event) -> None:
         errors = 0
         while not stopping.is_set():
+            if self.reputation is not None and self.reputation.account_paused:
+                # SES says the account cannot send: wait, fail nothing.
+                await self._pause(stopping, PAUSED_RETRY_SECONDS)
+                continue
             # Claim no more than can be sent now: concurrency room, and about a second of rate.
             room = self.settings.send_concurrency - self._in_flight_count
             if room <= 0:
@@ -439,3 +472,16 @@ async def _first_of(*events: asyncio.Event, within: float | None = None) -> None
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def _count(results: list[Result], *, kinds: dict[uuid.UUID, str]) -> None:
+    for result in results:
+        kind = kinds.get(result.message_id, "unknown")
+        if result.status is MessageStatus.SENT:
+            EMAILS_SENT.labels(type=kind).inc()
+        elif result.status is MessageStatus.EXPIRED:
+            EMAILS_FAILED.labels(type=kind, reason="expired").inc()
+        elif result.status is MessageStatus.FAILED:
+            # The SES error code, or suppressed / opted_out / render: a small, fixed set.
+            reason = (result.detail or result.event).split(":")[0]
+            EMAILS_FAILED.labels(type=kind, reason=reason).inc()

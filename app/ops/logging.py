@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from app.ops.requests import RequestIdFilter
+
 # Attributes every LogRecord has; anything else came in through `extra=` and is logged.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
     "message",
@@ -36,6 +38,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

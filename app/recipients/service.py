@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, null, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.emails.catalog import OPTIONAL_CATEGORIES, Category
-from app.models import AuditEvent, OptOut, Recipient, Suppression, SuppressionReason
+from app.errors import NotFound
+from app.models import (
+    AuditEvent,
+    Message,
+    MessageEvent,
+    MessageStatus,
+    OptOut,
+    Recipient,
+    Suppression,
+    SuppressionReason,
+)
+from app.recipients.addresses import normalize_address
 
 
 @dataclass(frozen=True)
@@ -148,3 +161,260 @@ async def opt_out(
             session, address_hash=hashed, action="opted_out", reason=category, cause=cause
         )
     return created
+
+
+# -- the recipient API: read a recipient's whole state, erase personal data -----------------
+
+ERASED = "recipient erased"
+# What an erased address becomes wherever it was quoted (bounce diagnostics, SES errors).
+ERASED_MARK = "[erased]"
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """Everything tegami holds about one address: why it gets (or does not get) mail."""
+
+    address: str | None
+    suppression: Suppression | None
+    opt_outs: list[OptOut]
+    soft_bounce_count: int
+    history: list[AuditEvent]
+
+
+async def read_state(session: AsyncSession, *, address_hash: bytes) -> RecipientState:
+    """The address's state; NotFound when tegami holds nothing at all about it.
+
+    A suppression or audit trail without a recipient row (erased, or feedback for an address
+    never mailed through tegami) is still state: it decides whether mail goes out.
+    """
+    recipient = (
+        await session.execute(select(Recipient).where(Recipient.address_hash == address_hash))
+    ).scalar_one_or_none()
+    suppression = (
+        await session.execute(select(Suppression).where(Suppression.address_hash == address_hash))
+    ).scalar_one_or_none()
+    history = (
+        await session.execute(
+            select(AuditEvent)
+            .where(AuditEvent.address_hash == address_hash)
+            .order_by(AuditEvent.created_at, AuditEvent.id)
+        )
+    ).scalars()
+    events = list(history)
+    if recipient is None and suppression is None and not events:
+        raise NotFound("tegami holds nothing about this address", code="recipient_not_found")
+    opt_outs: list[OptOut] = []
+    if recipient is not None:
+        opt_outs = list(
+            (
+                await session.execute(
+                    select(OptOut)
+                    .where(OptOut.recipient_id == recipient.id)
+                    .order_by(OptOut.created_at, OptOut.category)
+                )
+            ).scalars()
+        )
+    return RecipientState(
+        address=recipient.address if recipient is not None else None,
+        suppression=suppression,
+        opt_outs=opt_outs,
+        soft_bounce_count=recipient.soft_bounce_count if recipient is not None else 0,
+        history=events,
+    )
+
+
+async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cause: str) -> bool:
+    """Erase the personal data held for ``address``. False when there was none left to erase.
+
+    Kept, because they hold only the keyed hash and must keep working: the suppression (a
+    deleted address that complained stays suppressed), opt-outs, and the audit trail. Queued
+    mail to the address fails instead of going out; a mail the worker already holds finds no
+    address when it is next claimed (the worker refuses those too).
+    """
+    recipient = (
+        await session.execute(
+            select(Recipient.id, Recipient.address)
+            .where(Recipient.address_hash == address_hash)
+            .with_for_update()
+        )
+    ).one_or_none()
+    changed = False
+    if recipient is not None:
+        changed = recipient.address is not None
+        await session.execute(
+            update(Recipient)
+            .where(Recipient.id == recipient.id)
+            .values(address=None, user_id=None, updated_at=func.now())
+        )
+        stopped = (
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.recipient_id == recipient.id,
+                    Message.status == MessageStatus.QUEUED,
+                )
+                .values(status=MessageStatus.FAILED, last_error=ERASED, updated_at=func.now())
+                .returning(Message.id)
+            )
+        ).scalars()
+        session.add_all(
+            MessageEvent(message_id=message_id, kind="blocked", detail=ERASED, cause=cause)
+            for message_id in stopped
+        )
+        wiped = await session.execute(
+            update(Message)
+            .where(
+                Message.recipient_id == recipient.id,
+                or_(
+                    Message.to_address.is_not(None),
+                    Message.params.is_not(None),
+                    Message.user_id.is_not(None),
+                ),
+            )
+            # null(): a bare None would be stored as the JSON value null, not SQL NULL.
+            .values(to_address=None, params=null(), user_id=None, updated_at=func.now())
+        )
+        changed = changed or wiped.rowcount > 0  # type: ignore[attr-defined]
+    await _scrub_quotes(
+        session,
+        address=address,
+        address_hash=address_hash,
+        recipient_id=recipient.id if recipient is not None else None,
+    )
+    if changed:
+        await record_audit(session, address_hash=address_hash, action="erased", cause=cause)
+    return changed
+
+
+async def _scrub_quotes(
+    session: AsyncSession, *, address: str, address_hash: bytes, recipient_id: int | None
+) -> None:
+    """Replace the address wherever free text quotes it (SES bounce diagnostics often do)."""
+    # re.escape's backslashes mean "this character, literally" to PostgreSQL's regex as well.
+    pattern = re.escape(normalize_address(address))
+
+    def quoting(column: Any) -> Any:
+        return column.regexp_match(pattern, flags="i")
+
+    def scrubbed(column: Any) -> Any:
+        return column.regexp_replace(pattern, ERASED_MARK, flags="gi")
+
+    await session.execute(
+        update(Suppression)
+        .where(Suppression.address_hash == address_hash, quoting(Suppression.detail))
+        .values(detail=scrubbed(Suppression.detail))
+    )
+    await session.execute(
+        update(AuditEvent)
+        .where(AuditEvent.address_hash == address_hash, quoting(AuditEvent.detail))
+        .values(detail=scrubbed(AuditEvent.detail))
+    )
+    if recipient_id is None:
+        return
+    await session.execute(
+        update(Message)
+        .where(Message.recipient_id == recipient_id, quoting(Message.last_error))
+        .values(last_error=scrubbed(Message.last_error))
+    )
+    await session.execute(
+        update(MessageEvent)
+        .where(
+            MessageEvent.message_id.in_(
+                select(Message.id).where(Message.recipient_id == recipient_id)
+            ),
+            quoting(MessageEvent.detail),
+        )
+        .values(detail=scrubbed(MessageEvent.detail))
+    )
+
+
+# -- unsubscribe links --------------------------------------------------------------------
+
+
+async def opt_out_status(
+    session: AsyncSession, *, recipient_id: int, category: Category
+) -> bool | None:
+    """Whether the recipient opted out of ``category``; None when no such recipient is held
+    (never was, or erased): an unsubscribe link for it leads nowhere."""
+    opted_out = (
+        select(OptOut.recipient_id)
+        .where(OptOut.recipient_id == Recipient.id, OptOut.category == category)
+        .exists()
+    )
+    row = (
+        await session.execute(
+            select(Recipient.address, opted_out).where(Recipient.id == recipient_id)
+        )
+    ).one_or_none()
+    if row is None or row[0] is None:
+        return None
+    return bool(row[1])
+
+
+# -- SES feedback: the consecutive soft-bounce count ----------------------------------------
+
+
+async def lock_soft_bounce_count(
+    session: AsyncSession, *, address_hash: bytes, address: str | None
+) -> int:
+    """The address's consecutive soft-bounce count, its row locked until the transaction ends
+    (concurrent feedback for one address counts one after the other).
+
+    With ``address``, a missing recipient is created: the rules apply to addresses tegami never
+    mailed. An erased recipient stays erased. Without it, a missing recipient counts 0.
+    """
+    if address is not None:
+        await session.execute(
+            insert(Recipient)
+            .values(address_hash=address_hash, address=address)
+            .on_conflict_do_nothing(index_elements=[Recipient.address_hash])
+        )
+    count = (
+        await session.execute(
+            select(Recipient.soft_bounce_count)
+            .where(Recipient.address_hash == address_hash)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    return count or 0
+
+
+async def set_soft_bounce_count(
+    session: AsyncSession,
+    *,
+    address_hash: bytes,
+    count: int,
+    cause: str,
+    detail: str | None = None,
+) -> None:
+    """Store the new consecutive count (one more soft bounce, or 0 after a Delivery), audited."""
+    await session.execute(
+        update(Recipient)
+        .where(Recipient.address_hash == address_hash)
+        .values(soft_bounce_count=count, updated_at=func.now())
+    )
+    await record_audit(
+        session,
+        address_hash=address_hash,
+        action="soft_bounce_counted" if count else "soft_bounce_count_reset",
+        cause=cause,
+        detail=detail,
+    )
+
+
+async def soft_bounce_seen(
+    session: AsyncSession, *, address_hashes: list[bytes], feedback_id: str
+) -> bool:
+    """Whether a soft bounce with this SES feedbackId was already counted for these addresses.
+
+    SES can publish one event twice under two SNS MessageIds; it must not count twice.
+    """
+    suffix = f" feedback:{feedback_id}"
+    statement = select(
+        exists().where(
+            AuditEvent.address_hash.in_(address_hashes),
+            AuditEvent.action == "soft_bounce_counted",
+            AuditEvent.cause.endswith(suffix, autoescape=True),
+        )
+    )
+    return bool((await session.execute(statement)).scalar_one())

@@ -1,5 +1,146 @@
-"""Placeholder: filled in by the "Close the loop" work."""
+"""POST /sns/ses-events: SES feedback pushed by Amazon SNS, verified before it is read."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from app.config import Settings
+from app.db import SessionDep
+from app.errors import AppError
+from app.sns import service
+from app.sns.service import SnsOutcome
+from app.sns.signature import (
+    CertificateStore,
+    SnsShapeError,
+    SnsVerificationError,
+    parse_message,
+    verify_message,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/sns", tags=["sns"])
+
+
+class NotSnsMessage(AppError):
+    status_code = 400
+    code = "not_sns_message"
+
+
+class SnsRefused(AppError):
+    """Failed verification; ``code`` is the reason (bad_signature, topic_not_allowed, …)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class SnsReceipt(BaseModel):
+    message_id: str = Field(description="The SNS MessageId.")
+    outcome: SnsOutcome = Field(
+        description="`applied`: the SES event changed state or history; `duplicate`: this "
+        "MessageId (or this soft bounce) was applied before, nothing changed; `ignored`: "
+        "verified but not SES feedback we act on; `confirmed`: subscription confirmed; "
+        "`recorded`: UnsubscribeConfirmation noted (never followed)."
+    )
+
+
+def _error(code: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"example": {"error": {"code": code, "message": "..."}}}},
+    }
+
+
+_SNS_EXAMPLE = {
+    "Type": "Notification",
+    "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+    "TopicArn": "arn:aws:sns:ap-northeast-1:123456789012:tegami-ses-events",
+    "Message": '{"eventType":"Bounce","bounce":{…},"mail":{…}}',
+    "Timestamp": "2026-01-01T00:00:00.000Z",
+    "SignatureVersion": "2",
+    "Signature": "…",
+    "SigningCertURL": "https://sns.ap-northeast-1.amazonaws.com/SimpleNotificationService-….pem",
+}
+
+
+@router.post(
+    "/ses-events",
+    response_model=SnsReceipt,
+    summary="Receive SES feedback from Amazon SNS",
+    description=(
+        "The HTTPS endpoint of the SNS subscription that carries SES events. Every message "
+        "is verified (signature, certificate URL, allowed topic, age) before it is read; "
+        "each SNS MessageId is applied once. SNS posts `text/plain`; any content type is "
+        "accepted."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "An SNS message (JSON), as SNS posts it.",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}, "example": _SNS_EXAMPLE},
+                "application/json": {"schema": {"type": "object"}, "example": _SNS_EXAMPLE},
+            },
+        }
+    },
+    responses={
+        400: _error(
+            "not_sns_message",
+            "Not an SNS message (malformed JSON, missing fields, wrong types): "
+            "`not_sns_message`; or a verified SES bounce, complaint, delivery, reject or "
+            "rendering failure that cannot be read: `unreadable_ses_event`.",
+        ),
+        403: _error(
+            "bad_signature",
+            "Verification failed; `error.code` says why: `topic_not_allowed`, `cert_url`, "
+            "`cert_unavailable`, `cert_not_valid`, `bad_signature`, `signature_version`, "
+            "`bad_timestamp`, `too_old`, `in_future`, or `subscribe_url` (a "
+            "SubscriptionConfirmation whose SubscribeURL is not an SNS confirmation URL).",
+        ),
+        413: {"description": "Body over 64 KiB."},
+        502: _error(
+            "subscribe_failed", "Could not confirm the subscription with SNS; SNS retries."
+        ),
+        503: _error("unavailable", "The database is down; SNS retries."),
+    },
+)
+async def receive_ses_event(request: Request, session: SessionDep) -> SnsReceipt:
+    settings: Settings = request.app.state.settings
+    certificates: CertificateStore = request.app.state.sns_certificates
+    body = await request.body()
+    try:
+        message = parse_message(body)
+        await verify_message(
+            message,
+            certificates=certificates,
+            allowed_topics=settings.sns_topic_arns,
+            max_age_seconds=settings.sns_max_age_seconds,
+            now=datetime.now(UTC),
+        )
+    except SnsShapeError as exc:
+        raise NotSnsMessage(f"not an SNS message: {exc}") from exc
+    except SnsVerificationError as exc:
+        log.warning(
+            "SNS message refused",
+            extra={"event": "sns_refused", "reason": exc.reason, "detail": str(exc)[:300]},
+        )
+        raise SnsRefused("the SNS message did not verify", code=exc.reason) from exc
+
+    kind = message["Type"]
+    if kind == "SubscriptionConfirmation":
+        outcome = await service.confirm_subscription(
+            session, message=message, http=request.app.state.http
+        )
+    elif kind == "UnsubscribeConfirmation":
+        outcome = await service.record_unsubscribe_confirmation(session, message=message)
+    else:
+        outcome = await service.apply_notification(
+            session, message=message, settings=settings, now=datetime.now(UTC)
+        )
+    await session.commit()
+    return SnsReceipt(message_id=message["MessageId"], outcome=outcome)

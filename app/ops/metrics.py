@@ -1,0 +1,71 @@
+"""Prometheus metrics, served at /metrics.
+
+Counters live in the process (one set per replica; Prometheus sums them). Outbox depth and age
+are read from the database at scrape time, so every replica reports the shared truth.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+EMAILS_ACCEPTED = Counter("tegami_emails_accepted", "Mails accepted by the API.", ["type"])
+EMAILS_REFUSED = Counter(
+    "tegami_emails_refused", "Mails refused by the API (suppressed, opted out).", ["type", "reason"]
+)
+EMAILS_SENT = Counter("tegami_emails_sent", "Mails SES accepted.", ["type"])
+EMAILS_FAILED = Counter("tegami_emails_failed", "Mails given up on, by why.", ["type", "reason"])
+SEND_RETRIES = Counter(
+    "tegami_send_retries", "SES calls that will be retried, by SES's answer.", ["outcome"]
+)
+SEND_LATENCY = Histogram(
+    "tegami_send_latency_seconds",
+    "From accepted to handed to SES.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SES_CALL_LATENCY = Histogram(
+    "tegami_ses_call_seconds",
+    "One SendEmail call.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+)
+SNS_MESSAGES = Counter("tegami_sns_messages", "SNS messages received, by outcome.", ["outcome"])
+OUTBOX_DEPTH = Gauge("tegami_outbox_depth", "Mails waiting to be sent (queued, sending, held).")
+OUTBOX_OLDEST_AGE = Gauge(
+    "tegami_outbox_oldest_age_seconds", "Age of the oldest mail waiting to be sent."
+)
+BOUNCE_RATE = Gauge("tegami_bounce_rate", "Hard bounces over the reputation window of sends.")
+COMPLAINT_RATE = Gauge("tegami_complaint_rate", "Complaints over the reputation window of sends.")
+
+_OUTBOX = text(
+    """
+    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+    FROM message WHERE status IN ('queued', 'sending', 'held')
+    """
+)
+
+router = APIRouter(tags=["operations"])
+
+
+async def read_outbox(engine: AsyncEngine) -> tuple[int, float]:
+    async with engine.connect() as conn:
+        depth, age = (await conn.execute(_OUTBOX)).one()
+    return int(depth), float(age)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+async def metrics(request: Request) -> Response:
+    try:
+        depth, age = await read_outbox(request.app.state.engine)
+    except Exception:
+        # Metrics must still answer while the database is away; the gauges say -1.
+        depth, age = -1, -1.0
+    OUTBOX_DEPTH.set(depth)
+    OUTBOX_OLDEST_AGE.set(age)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

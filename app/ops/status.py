@@ -1,0 +1,26 @@
+"""GET /status/reputation: rates, thresholds, holds and SES's own account status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api_keys import ApiKeyDep
+from app.ops.reputation import ReputationWatch
+
+router = APIRouter(prefix="/status", tags=["operations"])
+
+
+@router.get(
+    "/reputation",
+    summary="Bounce and complaint rates, thresholds, holds, SES account status",
+    responses={401: {"description": "No or unknown API key."}},
+)
+async def reputation(request: Request, caller: ApiKeyDep) -> dict[str, Any]:
+    watch: ReputationWatch = request.app.state.reputation
+    # Fresh numbers, so an operator never reads a stale hold.
+    await watch.evaluate()
+    if watch.account.checked_at is None:
+        await watch.poll_account()
+    return watch.snapshot()

@@ -1,0 +1,114 @@
+"""The recipient rules of DESIGN.md as pure decisions: what one SES event means for one address
+and for the message it is about. No I/O: ``app.sns.service`` reads the state and applies these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from app.models import MessageStatus, SuppressionReason
+from app.sns.events import EventKind, SesEvent
+
+# Three consecutive soft bounces suppress the address.
+SOFT_BOUNCE_LIMIT: Final = 3
+# A soft-bounced mail is sent again after this wait (SES has already retried for a while).
+RESEND_DELAY: Final = timedelta(minutes=5)
+
+# Feedback settles a message's status in this order; a later event never moves it back
+# (a late Delivery does not un-bounce a message). Pending statuses rank lowest.
+_RANK: Final[dict[MessageStatus, int]] = {
+    MessageStatus.QUEUED: 0,
+    MessageStatus.SENDING: 0,
+    MessageStatus.SENT: 0,
+    MessageStatus.DELIVERED: 1,
+    MessageStatus.BOUNCED: 2,
+    MessageStatus.FAILED: 2,
+    MessageStatus.COMPLAINED: 3,
+}
+# Only a mail SES has (or is being) handed can be sent again after a soft bounce.
+_RESENDABLE: Final = frozenset({MessageStatus.SENDING, MessageStatus.SENT})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one event means for one recipient (and the message it is about).
+
+    ``soft_bounce_count`` is the new consecutive count, or None when unchanged.
+    ``message_status`` is the status the message takes, or None for no change; with
+    ``resend`` the message is sent again instead, when it still can be.
+    """
+
+    suppress: SuppressionReason | None = None
+    soft_bounce_count: int | None = None
+    message_status: MessageStatus | None = None
+    resend: bool = False
+
+
+def decide(event: SesEvent, *, soft_bounce_count: int) -> Decision:
+    """DESIGN.md's table. ``soft_bounce_count`` is the address's count before this event."""
+    if event.is_hard_bounce:
+        return Decision(
+            suppress=SuppressionReason.HARD_BOUNCE, message_status=MessageStatus.BOUNCED
+        )
+    if event.is_soft_bounce:
+        count = soft_bounce_count + 1
+        if count >= SOFT_BOUNCE_LIMIT:
+            return Decision(
+                suppress=SuppressionReason.SOFT_BOUNCE_LIMIT,
+                soft_bounce_count=count,
+                message_status=MessageStatus.BOUNCED,
+            )
+        return Decision(soft_bounce_count=count, message_status=MessageStatus.BOUNCED, resend=True)
+    if event.kind is EventKind.BOUNCE:
+        # A bounce type SES has not documented: the message bounced, the address is not judged.
+        return Decision(message_status=MessageStatus.BOUNCED)
+    if event.kind is EventKind.COMPLAINT:
+        # "not-spam": the recipient's provider says the mail was wrongly flagged.
+        if event.complaint_feedback_type == "not-spam":
+            return Decision()
+        return Decision(
+            suppress=SuppressionReason.COMPLAINT, message_status=MessageStatus.COMPLAINED
+        )
+    if event.kind is EventKind.DELIVERY:
+        # Resets the count only: a Delivery never lifts a suppression, whatever its order.
+        return Decision(
+            soft_bounce_count=0 if soft_bounce_count else None,
+            message_status=MessageStatus.DELIVERED,
+        )
+    if event.kind in (EventKind.REJECT, EventKind.RENDERING_FAILURE):
+        return Decision(message_status=MessageStatus.FAILED)
+    # DeliveryDelay, Send, Open, Click, Subscription: recorded on the message, nothing else.
+    return Decision()
+
+
+def next_status(current: MessageStatus, proposed: MessageStatus) -> MessageStatus | None:
+    """The status feedback moves a message to, or None when it stays (out-of-order events)."""
+    current_rank = _RANK.get(current)
+    if current_rank is None:  # held or expired: never handed to SES, feedback cannot move it
+        return None
+    return proposed if _RANK[proposed] > current_rank else None
+
+
+@dataclass(frozen=True)
+class MessageChange:
+    status: MessageStatus
+    # Set when the message goes back to the outbox: when the worker sends it again.
+    next_attempt_at: datetime | None = None
+
+
+def message_change(
+    decision: Decision, *, status: MessageStatus, expires_at: datetime | None, now: datetime
+) -> MessageChange | None:
+    """What ``decision`` does to a message now in ``status``; None when nothing changes."""
+    if decision.message_status is None:
+        return None
+    if decision.resend:
+        if status is MessageStatus.QUEUED:
+            return None  # already going out again (the same soft bounce, reported twice)
+        when = now + RESEND_DELAY
+        if status in _RESENDABLE and (expires_at is None or when < expires_at):
+            return MessageChange(MessageStatus.QUEUED, next_attempt_at=when)
+    new = next_status(status, decision.message_status)
+    return MessageChange(new) if new is not None else None
