@@ -117,6 +117,12 @@ class Message(Base):
             "next_attempt_at",
             postgresql_where=text("status IN ('queued', 'sending')"),
         ),
+        # The reputation window: the most recent sends.
+        Index("ix_message_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),
+        # Held mail, released when the reputation guard lifts.
+        Index("ix_message_held", "id", postgresql_where=text("status = 'held'")),
+        # Retention: the oldest mail first.
+        Index("ix_message_created_at", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)

@@ -28,9 +28,10 @@ from app.cli import migrate
 from app.config import MailBackend, Settings
 from app.db import create_engine
 from app.main import create_app
+from app.sns.signature import make_signing_identity
 from tests.ses import MotoSes
+from tests.sns_messages import CERT_NAME, TOPIC, Sns
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 TABLES = (
     "api_key, recipient, suppression, opt_out, message, message_event, audit_event, "
     "sns_message, send_pacer"
@@ -179,3 +180,19 @@ async def api_key(engine: AsyncEngine) -> str:
 @pytest.fixture
 def auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture(scope="session")
+def identity() -> tuple[bytes, bytes]:
+    """A throwaway SNS signing key and certificate (served through TEGAMI_SNS_CERT_DIR)."""
+    return make_signing_identity(common_name="sns.ap-northeast-1.amazonaws.com")
+
+
+@pytest.fixture
+async def sns(start_app: AppFactory, identity: tuple[bytes, bytes], tmp_path: Path) -> Sns:
+    """The app with SNS verification set up for the test key and topic; posts as SNS does."""
+    cert_dir = tmp_path / "sns-certs"
+    cert_dir.mkdir()
+    (cert_dir / CERT_NAME).write_bytes(identity[1])
+    client = await start_app(sns_cert_dir=cert_dir, sns_topic_arns=[TOPIC])
+    return Sns(client, identity[0])

@@ -35,6 +35,7 @@ from app.ops.metrics import (
     SES_CALL_LATENCY,
 )
 from app.ops.reputation import ReputationWatch
+from app.ops.retention import purge_forever
 from app.recipients.addresses import mask_address
 from app.unsubscribe.tokens import UnsubscribeClaim, make_token
 
@@ -378,6 +379,13 @@ class Worker:
         ]
         if self.reputation is not None:
             tasks.append(asyncio.create_task(self.reputation.run(stopping)))
+        tasks.append(
+            asyncio.create_task(
+                purge_forever(
+                    self.engine, retention_days=self.settings.retention_days, stopping=stopping
+                )
+            )
+        )
         try:
             await self._loop(stopping)
         finally:

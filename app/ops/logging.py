@@ -42,6 +42,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Their debug lines print request bodies (addresses, links): never below WARNING.
+    for name in ("botocore", "aiobotocore", "urllib3", "httpx", "httpcore", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Access logs would print every request path, unsubscribe tokens included.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import AppError
+from app.ops.metrics import SNS_MESSAGES
 from app.sns import service
 from app.sns.service import SnsOutcome
 from app.sns.signature import (
@@ -37,6 +38,13 @@ class SnsRefused(AppError):
 
     status_code = 403
     code = "forbidden"
+
+
+class CertificateUnavailable(AppError):
+    """AWS's certificate could not be fetched now: SNS should try again later."""
+
+    status_code = 503
+    code = "certificate_unavailable"
 
 
 class SnsReceipt(BaseModel):
@@ -98,7 +106,7 @@ _SNS_EXAMPLE = {
         403: _error(
             "bad_signature",
             "Verification failed; `error.code` says why: `topic_not_allowed`, `cert_url`, "
-            "`cert_unavailable`, `cert_not_valid`, `bad_signature`, `signature_version`, "
+            "`cert_not_valid`, `bad_signature`, `signature_version`, "
             "`bad_timestamp`, `too_old`, `in_future`, or `subscribe_url` (a "
             "SubscriptionConfirmation whose SubscribeURL is not an SNS confirmation URL).",
         ),
@@ -106,7 +114,11 @@ _SNS_EXAMPLE = {
         502: _error(
             "subscribe_failed", "Could not confirm the subscription with SNS; SNS retries."
         ),
-        503: _error("unavailable", "The database is down; SNS retries."),
+        503: _error(
+            "unavailable",
+            "The database is down (`unavailable`), or AWS's signing certificate could not be "
+            "fetched (`certificate_unavailable`); SNS retries.",
+        ),
     },
 )
 async def receive_ses_event(request: Request, session: SessionDep) -> SnsReceipt:
@@ -123,8 +135,21 @@ async def receive_ses_event(request: Request, session: SessionDep) -> SnsReceipt
             now=datetime.now(UTC),
         )
     except SnsShapeError as exc:
+        SNS_MESSAGES.labels(outcome="malformed").inc()
         raise NotSnsMessage(f"not an SNS message: {exc}") from exc
     except SnsVerificationError as exc:
+        if exc.reason == "cert_unavailable":
+            # The URL passed the strict SNS-host rule: a failed download is an outage on the
+            # way to AWS, not a forgery. 503 makes SNS retry instead of dropping the event.
+            SNS_MESSAGES.labels(outcome="cert_unavailable").inc()
+            log.warning(
+                "SNS signing certificate unavailable",
+                extra={"event": "sns_cert_unavailable", "detail": str(exc)[:300]},
+            )
+            raise CertificateUnavailable(
+                "the signing certificate could not be fetched; try again"
+            ) from exc
+        SNS_MESSAGES.labels(outcome="refused").inc()
         log.warning(
             "SNS message refused",
             extra={"event": "sns_refused", "reason": exc.reason, "detail": str(exc)[:300]},
@@ -143,4 +168,5 @@ async def receive_ses_event(request: Request, session: SessionDep) -> SnsReceipt
             session, message=message, settings=settings, now=datetime.now(UTC)
         )
     await session.commit()
+    SNS_MESSAGES.labels(outcome=outcome).inc()
     return SnsReceipt(message_id=message["MessageId"], outcome=outcome)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,156 +20,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import AuditEvent, Message, Recipient, SnsMessage
 from app.recipients.addresses import address_hash
-from app.sns.signature import make_signing_identity, sign_message
-from tests.conftest import FIXTURES, AppFactory
+from tests.conftest import AppFactory
 from tests.ses import MotoSes
-
-SES_EVENTS = FIXTURES / "ses-events"
-GENUINE = FIXTURES / "sns-genuine"
-GENUINE_FILES = ["http-0-v1-nosubject.json", "http-3-v2-subject.json"]
-
-REGION = "ap-northeast-1"
-TOPIC = f"arn:aws:sns:{REGION}:123456789012:tegami-ses-events"
-CERT_NAME = "SimpleNotificationService-00112233445566778899aabbccddeeff.pem"
-CERT_URL = f"https://sns.{REGION}.amazonaws.com/{CERT_NAME}"
-HASH_SECRET = "test-address-hash-secret-0123456789"  # tests.conftest.make_settings
-PARAMS = {
-    "verify-email": {"verification_url": "https://proworks.jp/verify?token=v1"},
-    "password-reset": {"reset_url": "https://proworks.jp/reset?token=r1"},
-    "matching-notification": {"job_url": "https://proworks.jp/jobs/1"},
-}
-
-PERMANENT_BOUNCES = [
-    ("eventpub-bounce-permanent-general.json", "recipient@example.com"),
-    ("notif-bounce-permanent-general-with-dsn.json", "jane@example.com"),
-    ("real-notif-bounce-permanent-general-simulator-2022.json", "bounce@simulator.amazonses.com"),
-    ("real-notif-bounce-permanent-onaccountsuppressionlist-2020.json", "s@jakepfaf.dev"),
-    (
-        "real-notif-bounce-permanent-suppressed-simulator-2018.json",
-        "suppressionlist@simulator.amazonses.com",
-    ),
-]
-COMPLAINTS = [
-    ("eventpub-complaint-abuse.json", "recipient@example.com"),
-    ("notif-complaint-no-feedback.json", "richard@example.com"),
-    ("notif-complaint-with-feedback-abuse.json", "richard@example.com"),
-    ("real-eventpub-complaint-abuse-simulator-2022.json", "complaint@simulator.amazonses.com"),
-]
-SOFT_BOUNCES = [
-    (
-        "real-notif-bounce-transient-general-ooto-simulator-2018.json",
-        "ooto@simulator.amazonses.com",
-    ),
-    (
-        "real-notif-bounce-transient-general-4.4.7-expired-2020.json",
-        "frankie.lee.job@gmailabc.com",
-    ),
-]
-_PAYLOAD_KEYS = ("bounce", "complaint", "delivery", "deliveryDelay", "reject", "failure", "send")
-
-
-# -- building SES events and SNS messages -----------------------------------------------------
-
-
-def ses_event(
-    name: str,
-    *,
-    to: str | dict[str, str] | None = None,
-    ses_message_id: str | None = None,
-    feedback_id: str | None = None,
-    tegami_id: str | None = None,
-    **changes: Any,
-) -> dict[str, Any]:
-    """A fixture, addressed to ``to`` (its single address, or an old -> new mapping).
-
-    Each bounce or complaint gets a fresh feedbackId unless one is given: SES gives every
-    event its own, and tegami uses it to tell a repeated soft bounce from a new one.
-    """
-    raw = (SES_EVENTS / name).read_text()
-    destination = json.loads(raw)["mail"]["destination"]
-    replacements = {destination[0]: to} if isinstance(to, str) else (to or {})
-    for old, new in replacements.items():
-        raw = raw.replace(old, new)
-    data: dict[str, Any] = json.loads(raw)
-    payload = next((data[key] for key in _PAYLOAD_KEYS if key in data), None)
-    if payload is not None:
-        payload.update(changes)
-        if "feedbackId" in payload:
-            payload["feedbackId"] = feedback_id or f"0100-{uuid.uuid4()}-000000"
-    if ses_message_id is not None:
-        data["mail"]["messageId"] = ses_message_id
-    if tegami_id is not None:
-        data["mail"].setdefault("tags", {})["tegami_id"] = [tegami_id]
-    return data
-
-
-def iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-class Sns:
-    """Signs and posts SNS messages to the app, as SNS does."""
-
-    def __init__(self, client: httpx.AsyncClient, key_pem: bytes) -> None:
-        self.client = client
-        self.key_pem = key_pem
-
-    def sign(self, **fields: Any) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "MessageId": str(uuid.uuid4()),
-            "TopicArn": TOPIC,
-            "Timestamp": iso(datetime.now(UTC)),
-            "SigningCertURL": CERT_URL,
-            **fields,
-        }
-        return sign_message(message, self.key_pem, signature_version="2")
-
-    def notification(self, event: dict[str, Any] | str, **fields: Any) -> dict[str, Any]:
-        body = event if isinstance(event, str) else json.dumps(event)
-        return self.sign(Type="Notification", Message=body, **fields)
-
-    async def post(
-        self, message: dict[str, Any] | bytes, content_type: str = "text/plain; charset=UTF-8"
-    ) -> httpx.Response:
-        body = message if isinstance(message, bytes) else json.dumps(message).encode()
-        return await self.client.post(
-            "/sns/ses-events", content=body, headers={"Content-Type": content_type}
-        )
-
-    async def deliver(self, event: dict[str, Any] | str, **fields: Any) -> httpx.Response:
-        """Post one notification and insist it was applied."""
-        answer = await self.post(self.notification(event, **fields))
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["outcome"] == "applied", answer.text
-        return answer
-
-    def confirmation(self, kind: str, *, subscribe_url: str | None = None) -> dict[str, Any]:
-        token = secrets.token_hex(32)
-        return self.sign(
-            Type=kind,
-            Token=token,
-            Message=f"You have chosen to subscribe to the topic {TOPIC}.",
-            SubscribeURL=subscribe_url
-            or (
-                f"https://sns.{REGION}.amazonaws.com/?Action=ConfirmSubscription"
-                f"&TopicArn={TOPIC}&Token={token}"
-            ),
-        )
-
-
-@pytest.fixture(scope="session")
-def identity() -> tuple[bytes, bytes]:
-    return make_signing_identity(common_name=f"sns.{REGION}.amazonaws.com")
-
-
-@pytest.fixture
-async def sns(start_app: AppFactory, identity: tuple[bytes, bytes], tmp_path: Path) -> Sns:
-    cert_dir = tmp_path / "sns-certs"
-    cert_dir.mkdir()
-    (cert_dir / CERT_NAME).write_bytes(identity[1])
-    client = await start_app(sns_cert_dir=cert_dir, sns_topic_arns=[TOPIC])
-    return Sns(client, identity[0])
-
+from tests.sns_messages import (
+    CERT_NAME,
+    COMPLAINTS,
+    GENUINE,
+    GENUINE_FILES,
+    HASH_SECRET,
+    PARAMS,
+    PERMANENT_BOUNCES,
+    REGION,
+    SOFT_BOUNCES,
+    TOPIC,
+    Sns,
+    iso,
+    ses_event,
+)
 
 # -- what the app and an operator see --------------------------------------------------------
 
@@ -813,3 +678,26 @@ async def test_send_bounce_and_the_next_send_is_refused(
     await assert_suppressed(sns, auth, "taro@example.com", "hard_bounce")
     assert await audit(engine, "taro@example.com") == [("suppressed", "hard_bounce", cause)]
     assert len(ses.sent()) == 1
+
+
+async def test_unreachable_signing_certificate_answers_503_so_sns_retries(
+    sns: Sns, auth: dict[str, str], engine: AsyncEngine
+) -> None:
+    from app.sns.signature import CertificateStore
+
+    def aws_is_down(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    app = sns.client.app  # type: ignore[attr-defined]
+    app.state.sns_certificates = CertificateStore(
+        http=httpx.AsyncClient(transport=httpx.MockTransport(aws_is_down))
+    )
+    other_cert = f"https://sns.{REGION}.amazonaws.com/SimpleNotificationService-abcdef.pem"
+    message = sns.notification(
+        ses_event("eventpub-bounce-permanent-general.json", to="later@example.com"),
+        SigningCertURL=other_cert,
+    )
+    answer = await sns.post(message)
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "certificate_unavailable"
+    await assert_sendable(sns, auth, "later@example.com")

@@ -29,8 +29,9 @@ from app.sns.simulate import (
     sns_notification,
 )
 from tests.conditions import eventually
-from tests.conftest import FIXTURES, AppFactory, make_settings
+from tests.conftest import AppFactory, make_settings
 from tests.ses import MotoSes
+from tests.sns_messages import FIXTURES
 
 SHAPES = {
     SimulatedEvent.BOUNCE: "eventpub-bounce-permanent-general.json",
