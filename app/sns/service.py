@@ -113,17 +113,28 @@ async def confirm_subscription(
     except httpx.HTTPError as exc:
         log.warning(
             "could not confirm the SNS subscription",
-            extra={"topic_arn": message["TopicArn"], "error": type(exc).__name__},
+            extra={
+                "event": "sns_subscription_failed",
+                "topic_arn": message["TopicArn"],
+                "error": type(exc).__name__,
+            },
         )
         raise SubscribeFailed("could not reach SNS to confirm the subscription") from exc
     if response.status_code != 200:
         log.warning(
             "SNS refused the subscription confirmation",
-            extra={"topic_arn": message["TopicArn"], "status": response.status_code},
+            extra={
+                "event": "sns_subscription_failed",
+                "topic_arn": message["TopicArn"],
+                "status": response.status_code,
+            },
         )
         raise SubscribeFailed(f"SNS answered {response.status_code} to the confirmation")
     await record_sns_message(session, message=message, outcome=SnsOutcome.CONFIRMED)
-    log.info("SNS subscription confirmed", extra={"topic_arn": message["TopicArn"]})
+    log.info(
+        "SNS subscription confirmed",
+        extra={"event": "sns_subscription_confirmed", "topic_arn": message["TopicArn"]},
+    )
     return SnsOutcome.CONFIRMED
 
 
@@ -135,7 +146,7 @@ async def record_unsubscribe_confirmation(
         return SnsOutcome.DUPLICATE
     log.warning(
         "SNS says the subscription was removed; SES feedback stops arriving",
-        extra={"topic_arn": message["TopicArn"]},
+        extra={"event": "sns_unsubscribed", "topic_arn": message["TopicArn"]},
     )
     return SnsOutcome.RECORDED
 
