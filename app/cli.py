@@ -128,6 +128,8 @@ def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
         "TEGAMI_MAILBOX_DIR": str(state_dir / "mailbox"),
         "TEGAMI_SENDER_POSTAL_ADDRESS": "〒000-0000 (開発用の住所)",
         "TEGAMI_SENDER_CONTACT": "support@proworks.jp",
+        # Rates count after 10 sends (200 in production), so the guard can be tried locally.
+        "TEGAMI_REPUTATION_MIN_SENDS": "10",
         # Trust the local signing certificate of `tegami simulate`, for a dev topic only.
         **dev_sns_environment(state_dir),
     }

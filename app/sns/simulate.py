@@ -7,12 +7,14 @@ event takes exactly the path SES feedback takes in production: verification incl
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import json
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.parser import BytesParser
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -218,10 +220,30 @@ async def post_notification(
     )
 
 
+def last_mail_to(mailbox: Path, address: str) -> str | None:
+    """The message id of the newest mail the dev mailbox holds for ``address``, if any.
+
+    The feedback then names a mail tegami really sent, as SES's does: it shows on the mail
+    (GET /emails/{id}) and counts towards the bounce and complaint rates.
+    """
+    if not mailbox.is_dir():
+        return None
+    wanted = address.strip().lower()
+    for path in sorted(mailbox.glob("*-mailbox-*.eml"), reverse=True):
+        with path.open("rb") as handle:
+            headers = BytesParser(policy=email.policy.default).parse(handle, headersonly=True)
+        if str(headers.get("To", "")).strip().lower() == wanted:
+            return path.stem.split("-", 1)[1]
+    return None
+
+
 async def simulate(
     kind: SimulatedEvent, address: str, *, soft: bool, url: str, state_dir: Path
 ) -> httpx.Response:
     signer = ensure_dev_signer(state_dir)
-    notification = sns_notification(ses_event(kind, address, soft=soft), signer=signer)
+    event = ses_event(
+        kind, address, soft=soft, ses_message_id=last_mail_to(state_dir / "mailbox", address)
+    )
+    notification = sns_notification(event, signer=signer)
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
         return await post_notification(http, notification)
