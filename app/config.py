@@ -52,16 +52,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=400, ge=1)
     run_worker: bool = True
 
-    @field_validator("link_hosts", "sns_topic_arns", mode="before")
+    @field_validator("link_hosts", "sns_topic_arns", "unsubscribe_secret", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("unsubscribe_secret", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
