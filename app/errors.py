@@ -64,10 +64,34 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+# SQLSTATE classes that say the database is away or overwhelmed, not that the query is wrong:
+# 08 connection exception (asyncpg's "connection was closed in the middle of operation" too),
+# 53 insufficient resources (too many connections), 57P shutting down, starting up, crashed.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
 def _is_database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    # SQLAlchemy reports asyncpg's errors during a restart as plain DBAPIError: look at the
+    # driver's error (and what it was raised from) for its SQLSTATE.
+    cause: BaseException | None = exc.orig
+    while cause is not None:
+        if isinstance(cause, OSError | TimeoutError):
+            return True
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+# What FastAPI's HTTPException says when a JSON body cannot even be decoded.
+_BODY_NOT_DECODABLE = "There was an error parsing the body"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -93,6 +117,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _BODY_NOT_DECODABLE:
+            # FastAPI says 400 for a JSON body that is not UTF-8 (and 422 for one that does not
+            # parse): both are the same mistake, answered like any other invalid input.
+            return JSONResponse(
+                error_body(
+                    "invalid_request",
+                    "the request is not valid",
+                    detail=[{"loc": ["body"], "msg": "not UTF-8 JSON", "type": "json_invalid"}],
+                ),
+                status_code=422,
+            )
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )

@@ -22,8 +22,10 @@ def link_problem(url: str, *, allowed_hosts: Sequence[str]) -> str | None:
     """Why this link may not go into a mail, or None when it may."""
     if len(url) > MAX_LINK_LENGTH:
         return f"longer than {MAX_LINK_LENGTH} characters"
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url) or "\\" in url:
-        return "contains white space, a backslash or a control character"
+    # Not printable: control characters, and invisible ones (bidi overrides, zero-width, lone
+    # surrogates) that can disguise a link or cannot even be stored.
+    if any(ch.isspace() or not ch.isprintable() for ch in url) or "\\" in url:
+        return "contains white space, a backslash, or a control or invisible character"
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -7,10 +7,11 @@ next free slot, so replicas never overlap and the sum never exceeds the rate. Sl
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-_RESERVE = text(
+from app.db import NamedStatement, driver_connection
+
+_RESERVE = NamedStatement.of(
     """
     INSERT INTO send_pacer (id, next_slot_at)
     VALUES (1, now() + make_interval(secs => CAST(:span AS float8)))
@@ -28,6 +29,7 @@ async def reserve_slots(engine: AsyncEngine, *, count: int, rate: float) -> floa
     Slot ``i`` (from 0) starts ``first + i / rate`` seconds from now.
     """
     span = count / rate
-    async with engine.begin() as conn:
-        first = (await conn.execute(_RESERVE, {"span": span})).scalar_one()
+    # One statement in autocommit on asyncpg's connection: it is on the way to SES.
+    async with driver_connection(engine) as conn:
+        first = await conn.fetchval(_RESERVE.sql, *_RESERVE.args({"span": span}))
     return max(0.0, float(first))

@@ -27,6 +27,13 @@ def check_address(value: str) -> str:
     return value
 
 
+def check_storable(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: refused here (422), not at the INSERT (500)."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class EmailCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -51,6 +58,11 @@ class EmailCreate(BaseModel):
     @classmethod
     def _address(cls, value: str) -> str:
         return check_address(value)
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id(cls, value: str | None) -> str | None:
+        return check_storable(value)
 
 
 class EmailAccepted(BaseModel):

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import AfterValidator
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.api_keys import ApiKeyDep
 from app.config import Settings
@@ -76,44 +77,26 @@ async def _state(session: SessionDep, hashed: bytes) -> RecipientRead:
     )
 
 
-@router.get(
-    "/{email}",
-    response_model=RecipientRead,
-    summary="Whether an address gets mail, and why",
-    responses={
-        **UNAUTHORIZED,
-        404: {"description": "tegami holds nothing about the address (`recipient_not_found`)."},
-        **INVALID_ADDRESS,
-    },
-)
-async def get_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
-) -> RecipientRead:
-    return await _state(session, _hash(request, email))
+class _AnyText(Convertor[str]):
+    """A path parameter of any text, "/" and line breaks included; validated as a parameter."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
 
 
-@router.delete(
-    "/{email}",
-    status_code=204,
-    summary="Erase the personal data held for an address",
-    description="Removes the address, the app's user id and the mails' params. Queued mail to "
-    "the address is not sent. A suppression stays, held as a keyed hash of the address, so an "
-    "address that bounced or complained stays blocked. Erasing an unknown address is not an "
-    "error.",
-    responses={**UNAUTHORIZED, **INVALID_ADDRESS},
-)
-async def erase_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
-) -> Response:
-    await service.erase(
-        session, address=email, address_hash=_hash(request, email), cause=caller.cause
-    )
-    await session.commit()
-    return Response(status_code=204)
+# An address may hold a "/" (RFC 5321 allows it; clients send it as %2F, which arrives decoded
+# as "/"): `{email:anytext}` keeps it in the parameter, so every address can be read and erased.
+# The suppression routes come first, or `/{email:anytext}` would take `.../suppression` too.
+register_url_convertor("anytext", _AnyText())
 
 
 @router.put(
-    "/{email}/suppression",
+    "/{email:anytext}/suppression",
     response_model=RecipientRead,
     summary="Suppress an address by hand",
     description="No mail of any category goes to the address until the suppression is lifted. "
@@ -140,7 +123,7 @@ async def suppress_recipient(
 
 
 @router.delete(
-    "/{email}/suppression",
+    "/{email:anytext}/suppression",
     status_code=204,
     summary="Lift a suppression",
     description="Whatever its reason. The consecutive soft-bounce count starts again from 0.",
@@ -158,5 +141,41 @@ async def lift_suppression(
     )
     if not lifted:
         raise NotFound("the address is not suppressed", code="suppression_not_found")
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{email:anytext}",
+    response_model=RecipientRead,
+    summary="Whether an address gets mail, and why",
+    responses={
+        **UNAUTHORIZED,
+        404: {"description": "tegami holds nothing about the address (`recipient_not_found`)."},
+        **INVALID_ADDRESS,
+    },
+)
+async def get_recipient(
+    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
+) -> RecipientRead:
+    return await _state(session, _hash(request, email))
+
+
+@router.delete(
+    "/{email:anytext}",
+    status_code=204,
+    summary="Erase the personal data held for an address",
+    description="Removes the address, the app's user id and the mails' params. Queued mail to "
+    "the address is not sent. A suppression stays, held as a keyed hash of the address, so an "
+    "address that bounced or complained stays blocked. Erasing an unknown address is not an "
+    "error.",
+    responses={**UNAUTHORIZED, **INVALID_ADDRESS},
+)
+async def erase_recipient(
+    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
+) -> Response:
+    await service.erase(
+        session, address=email, address_hash=_hash(request, email), cause=caller.cause
+    )
     await session.commit()
     return Response(status_code=204)

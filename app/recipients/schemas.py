@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.emails.schemas import check_storable
 from app.models import SuppressionReason
 
 
@@ -57,3 +58,8 @@ class SuppressionCreate(BaseModel):
         default="manual", description="Only `manual`: the other reasons come from SES feedback."
     )
     detail: str | None = Field(default=None, max_length=1000, description="Why, for the record.")
+
+    @field_validator("detail")
+    @classmethod
+    def _detail(cls, value: str | None) -> str | None:
+        return check_storable(value)

@@ -158,7 +158,10 @@ def canonical_string(message: Mapping[str, Any]) -> bytes:
     for field in _SIGNED_FIELDS[kind]:
         if field in message:  # only Subject can be absent (checked above)
             parts.append(f"{field}\n{message[field]}\n")
-    return "".join(parts).encode("utf-8")
+    try:
+        return "".join(parts).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\ud800"): not text AWS signs
+        raise SnsShapeError("a signed field is not valid Unicode") from exc
 
 
 # --- URLs --------------------------------------------------------------------------------

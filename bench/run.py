@@ -1,0 +1,1321 @@
+"""Run every benchmark, several times each, and write bench/README.md.
+
+    /tmp/venv1/bin/python bench/run.py            # the full set (about 20 minutes)
+    /tmp/venv1/bin/python bench/run.py --quick    # a small version (a few minutes)
+    /tmp/venv1/bin/python bench/run.py --only accept,sns --output /tmp/partial.md
+
+Run it with the Python of tegami's virtual environment (it imports the app to shape rows and
+sign SNS messages, and starts ``tegami`` from the same environment). Needs ``wrk`` (Debian
+package) and a PostgreSQL where it may create and drop its own database ``tegami_bench``
+(``BENCH_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``). Only loopback
+traffic; ports 18101-18103 and 19101.
+
+Each figure is reported beside its ceiling, measured in the same run on the same machine: a
+bare FastAPI + asyncpg endpoint (bench/ceiling.py) for the HTTP paths, a bare aiohttp sender
+for the fake SES (bench/fake_ses.py), and SES's MaxSendRate for the rate test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+TEGAMI = str(Path(sys.executable).parent / "tegami")
+ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB_NAME = "tegami_bench"
+DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
+FAKE_PORT, TEGAMI_PORT, CEILING_PORT = 19101, 18101, 18102
+FAKE_URL = f"http://127.0.0.1:{FAKE_PORT}"
+ADDRESS_SECRET = "bench-address-hash-secret-0123456789"  # noqa: S105 (bench only)
+UNSUBSCRIBE_SECRET = "bench-unsubscribe-secret-0123456789"  # noqa: S105
+TOPIC_ARN = "arn:aws:sns:ap-northeast-1:123456789012:tegami-ses-events"
+CONCURRENCY = 20  # connections for the throughput tests
+SEND_CONCURRENCY = 128  # TEGAMI_SEND_CONCURRENCY for the drain: rate x SES latency in flight
+
+
+@dataclass(frozen=True)
+class Profile:
+    runs: int
+    accept_seconds: int
+    latency_seconds: int
+    drain_messages: int
+    rate_seconds: int
+    sns_seconds: int
+    sns_events: int
+
+
+FULL = Profile(
+    runs=3,
+    accept_seconds=10,
+    latency_seconds=20,
+    drain_messages=100_000,
+    rate_seconds=60,
+    sns_seconds=8,
+    sns_events=24_000,
+)
+QUICK = Profile(
+    runs=2,
+    accept_seconds=5,
+    latency_seconds=8,
+    drain_messages=10_000,
+    rate_seconds=20,
+    sns_seconds=4,
+    sns_events=10_000,
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class Proc:
+    """A process this bench started (in its own session), stopped by its pid only."""
+
+    started: ClassVar[list[Proc]] = []
+
+    def __init__(self, name: str, cmd: Sequence[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}-{int(time.time() * 1000)}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(  # noqa: S603 (our own commands)
+            list(cmd),
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        Proc.started.append(self)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        if self in Proc.started:
+            Proc.started.remove(self)
+        return self.popen.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def rss_kb(self) -> int:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return 0
+        found = re.search(r"VmRSS:\s+(\d+) kB", status)
+        return int(found.group(1)) if found else 0
+
+    def cpu_seconds(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_ready(self, url: str, timeout: float = 40.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready at {url}:\n{self.tail()}")
+
+
+def stop_all() -> None:
+    for proc in list(Proc.started):
+        proc.stop(timeout=10)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def _all_cpu() -> dict[int, tuple[str, float]]:
+    """Every process: (group, CPU seconds). Groups: this bench's database backends, other
+    PostgreSQL processes, wrk, processes this bench started, and everything else."""
+    tick = os.sysconf("SC_CLK_TCK")
+    mine = {proc.pid for proc in Proc.started}
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if pid in mine or cmdline.startswith("wrk ") or "bench/loadgen.py" in cmdline:
+            group = "bench"
+        elif cmdline.startswith("postgres:") and f" {DB_NAME} " in cmdline:
+            group = "postgres_bench"
+        elif cmdline.startswith("postgres") or "/postgres" in cmdline.split(" ")[0]:
+            group = "postgres_shared"
+        elif pid == os.getpid():
+            group = "bench"
+        else:
+            group = "other"
+        found[pid] = (group, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+@contextmanager
+def cpu_meter(procs: dict[str, Proc]) -> Iterator[dict[str, float]]:
+    """CPU use while the block runs, in cores: each named process, this bench's PostgreSQL
+    backends, and whatever else ran on the machine (other people's work skews figures);
+    and the whole machine's busy %."""
+    result: dict[str, float] = {}
+    before = {name: proc.cpu_seconds() for name, proc in procs.items()}
+    all_before = _all_cpu()
+    busy0, total0 = machine_cpu()
+    started = time.monotonic()
+    yield result
+    elapsed = time.monotonic() - started
+    busy1, total1 = machine_cpu()
+    all_after = _all_cpu()
+    for name, proc in procs.items():
+        result[name] = (proc.cpu_seconds() - before[name]) / elapsed
+    groups: dict[str, float] = {}
+    for pid, (group, seconds) in all_after.items():
+        spent = seconds - all_before.get(pid, (group, 0.0))[1]
+        groups[group] = groups.get(group, 0.0) + spent
+    for group in ("postgres_bench", "postgres_shared", "other"):
+        result[group] = groups.get(group, 0.0) / elapsed
+    result["machine_busy_pct"] = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_quiet(limit_pct: float = 15.0, patience: float = 120.0) -> float:
+    """Wait (up to ``patience`` s) until the machine is idle: other work on this 2-core
+    machine (a test run, an install) would be measured as tegami's slowness. Returns the
+    busy % seen last."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy0, total0 = machine_cpu()
+        time.sleep(1.0)
+        busy1, total1 = machine_cpu()
+        busy = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+        if busy <= limit_pct or time.monotonic() > deadline:
+            if busy > limit_pct:
+                log(f"machine still {busy:.0f}% busy with other work; measuring anyway")
+            return busy
+        log(f"machine {busy:.0f}% busy with other work; waiting")
+
+
+class RssSampler:
+    def __init__(self, procs: Sequence[Proc], every: float = 0.25) -> None:
+        self.procs = procs
+        self.every = every
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in self.procs:
+                self.peak_kb = max(self.peak_kb, proc.rss_kb())
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- settings and database ----------------------------------------------------------------------
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEGAMI_", "AWS_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def tegami_env(**extra: str) -> dict[str, str]:
+    env = base_env()
+    env.update(
+        TEGAMI_DATABASE_URL=DB_URL,
+        TEGAMI_PUBLIC_BASE_URL="https://mail.proworks.jp",
+        TEGAMI_UNSUBSCRIBE_SECRET=UNSUBSCRIBE_SECRET,
+        TEGAMI_ADDRESS_HASH_SECRET=ADDRESS_SECRET,
+        TEGAMI_LINK_HOSTS="proworks.jp,*.proworks.jp",
+        TEGAMI_SENDER_POSTAL_ADDRESS="〒100-0001 東京都千代田区千代田1-1",
+        TEGAMI_SENDER_CONTACT="support@proworks.jp",
+        TEGAMI_SES_CONFIGURATION_SET="tegami-events",
+        AWS_ENDPOINT_URL=FAKE_URL,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",  # noqa: S106 (the fake's)
+        AWS_REGION="ap-northeast-1",
+    )
+    env.update(extra)
+    return env
+
+
+def db(coro_fn: Callable[[asyncpg.Connection], Any], url: str = DB_URL) -> Any:
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await coro_fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def create_database() -> tuple[int, str]:
+    """A fresh, migrated tegami_bench with the ceiling's tables; returns the API key."""
+    db(lambda c: c.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'), ADMIN_URL)
+    db(lambda c: c.execute(f'CREATE DATABASE "{DB_NAME}"'), ADMIN_URL)
+    subprocess.run(  # noqa: S603
+        [TEGAMI, "migrate"], env=tegami_env(), cwd=ROOT, check=True, capture_output=True
+    )
+    db(
+        lambda c: c.execute(
+            """
+            CREATE TABLE ceiling_message (
+                id uuid PRIMARY KEY, kind text NOT NULL, to_address text NOT NULL,
+                params jsonb NOT NULL, created_at timestamptz NOT NULL);
+            CREATE TABLE ceiling_sns (message_id text PRIMARY KEY);
+            """
+        )
+    )
+    key = subprocess.run(  # noqa: S603
+        [TEGAMI, "api-key", "create", "bench"],
+        env=tegami_env(),
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    key_id = db(lambda c: c.fetchval("SELECT id FROM api_key WHERE name = 'bench'"))
+    return int(key_id), key
+
+
+TABLES = (
+    "recipient, suppression, opt_out, message, message_event, audit_event, sns_message, "
+    "send_pacer, ceiling_message, ceiling_sns"
+)
+
+
+def reset_tables() -> None:
+    async def run(c: asyncpg.Connection) -> None:
+        await c.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        await c.execute("VACUUM ANALYZE")
+
+    db(run)
+
+
+# Mixed as a sign-up heavy service would send them.
+KIND_MIX = (
+    ("verify-email", 70),
+    ("password-reset", 10),
+    ("email-change", 10),
+    ("matching-notification", 10),
+)
+
+
+def load_messages(
+    count: int, *, key_id: int, status: str = "queued", prefix: str = "drain"
+) -> list[tuple[uuid.UUID, str, str]]:
+    """COPY ``count`` messages shaped exactly like the API's rows (recipient, message, the
+    'accepted' event; for ``sent``, the worker's columns and event too). Returns
+    (id, address, ses_message_id) for each."""
+    from app.emails.catalog import EMAIL_KINDS
+    from app.emails.service import request_fingerprint
+    from app.recipients.addresses import address_hash
+
+    rng = random.Random(7)  # noqa: S311
+    kinds = [name for name, weight in KIND_MIX for _ in range(weight)]
+    now = datetime.now(UTC)
+    recipients, messages, events, out = [], [], [], []
+    for index in range(count):
+        kind = EMAIL_KINDS[rng.choice(kinds)]
+        address = f"{prefix}-{index}@example.com"
+        user_id = f"user-{index}"
+        params = {
+            name: f"https://proworks.jp/{name}?token={uuid.uuid4().hex}" for name in kind.params
+        }
+        message_id = uuid.uuid4()
+        ses_id = f"{uuid.uuid4().hex[:16]}-{uuid.uuid4()}-000000" if status == "sent" else None
+        recipient_id = index + 1
+        hashed = address_hash(address, secret=ADDRESS_SECRET)
+        recipients.append((recipient_id, hashed, address, user_id, 0, now, now))
+        messages.append(
+            (
+                message_id,
+                kind.name,
+                str(kind.category),
+                recipient_id,
+                address,
+                user_id,
+                json.dumps(params),
+                status,
+                1 if status == "sent" else 0,
+                now,
+                now + kind.lifetime if kind.lifetime else None,
+                ses_id,
+                key_id,
+                None,
+                request_fingerprint(kind=kind, to=address, params=params, user_id=user_id),
+                None,
+                now,
+                now,
+                now if status == "sent" else None,
+            )
+        )
+        events.append((message_id, "accepted", None, "api_key:bench", now))
+        if status == "sent":
+            events.append((message_id, "sent", ses_id, "worker", now))
+        out.append((message_id, address, ses_id or ""))
+
+    async def run(c: asyncpg.Connection) -> None:
+        async with c.transaction():
+            await c.copy_records_to_table(
+                "recipient",
+                records=recipients,
+                columns=[
+                    "id",
+                    "address_hash",
+                    "address",
+                    "user_id",
+                    "soft_bounce_count",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+            await c.execute(
+                "SELECT setval(pg_get_serial_sequence('recipient', 'id'), "
+                "(SELECT max(id) FROM recipient))"
+            )
+            await c.copy_records_to_table(
+                "message",
+                records=messages,
+                columns=[
+                    "id",
+                    "kind",
+                    "category",
+                    "recipient_id",
+                    "to_address",
+                    "user_id",
+                    "params",
+                    "status",
+                    "attempts",
+                    "next_attempt_at",
+                    "expires_at",
+                    "ses_message_id",
+                    "api_key_id",
+                    "idempotency_key",
+                    "request_hash",
+                    "last_error",
+                    "created_at",
+                    "updated_at",
+                    "sent_at",
+                ],
+            )
+            await c.copy_records_to_table(
+                "message_event",
+                records=events,
+                columns=["message_id", "kind", "detail", "cause", "created_at"],
+            )
+        await c.execute("ANALYZE recipient, message, message_event")
+
+    db(run)
+    return out
+
+
+# -- measuring helpers --------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """One figure over several runs."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    def spread(self, digits: int = 0) -> str:
+        if not self.values:
+            return "n/a"
+        if len(self.values) == 1:
+            return fmt(self.values[0], digits)
+        return f"{fmt(min(self.values), digits)}–{fmt(max(self.values), digits)}"
+
+    def show(self, digits: int = 0) -> str:
+        if not self.values:
+            return "n/a"
+        return f"{fmt(self.median, digits)} ({self.spread(digits)})"
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = q / 100 * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def run_wrk(url: str, script: str, seconds: float, env: dict[str, str]) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{CONCURRENCY}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "wrk" / script),
+        url,
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout  # noqa: S603
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    result = {"rps": rps, "requests": requests, "non_2xx": int(bad.group(1)) if bad else 0}
+    for q in ("50", "99"):
+        found = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)\b", out)
+        if found:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+            result[f"p{q}_ms"] = float(found.group(1)) * scale
+    if errors:
+        result["socket_errors"] = errors.group(1)  # type: ignore[assignment]
+    return result
+
+
+def fake(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    if body is None and path in ("/_bench/stats", "/_bench/arrivals"):
+        response = httpx.get(FAKE_URL + path, timeout=30.0)
+    else:
+        response = httpx.post(FAKE_URL + path, json=body or {}, timeout=30.0)
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def start_fake(logs: Path, *, rate: float, latency_ms: float = 0.0) -> Proc:
+    proc = Proc(
+        "fake-ses",
+        [
+            PYTHON,
+            str(BENCH / "fake_ses.py"),
+            "--port",
+            str(FAKE_PORT),
+            "--rate",
+            str(rate),
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        base_env(),
+        logs,
+    )
+    proc.wait_ready(f"{FAKE_URL}/_bench/ping")
+    return proc
+
+
+def start_tegami(logs: Path, *, worker: bool, **extra: str) -> Proc:
+    env = tegami_env(TEGAMI_RUN_WORKER="true" if worker else "false", **extra)
+    proc = Proc(
+        "tegami-serve",
+        [TEGAMI, "serve", "--host", "127.0.0.1", "--port", str(TEGAMI_PORT)],
+        env,
+        logs,
+    )
+    proc.wait_ready(f"http://127.0.0.1:{TEGAMI_PORT}/readyz")
+    return proc
+
+
+def start_ceiling(logs: Path, **extra: str) -> Proc:
+    env = base_env()
+    env.update(CEILING_DATABASE_URL=DB_URL, **extra)
+    proc = Proc(
+        "ceiling",
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "bench.ceiling:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(CEILING_PORT),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env,
+        logs,
+    )
+    proc.wait_ready(f"http://127.0.0.1:{CEILING_PORT}/healthz")
+    return proc
+
+
+def start_worker(logs: Path, name: str, **extra: str) -> Proc:
+    return Proc(name, [TEGAMI, "worker"], tegami_env(**extra), logs)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, every: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return check()
+
+
+# -- 1. accept throughput -----------------------------------------------------------------------
+
+
+def bench_accept(profile: Profile, logs: Path, api_key: str) -> dict[str, Any]:
+    tegami, ceiling = Series(), Series()
+    details: list[dict[str, Any]] = []
+    for run in range(profile.runs):
+        reset_tables()
+        order = ("ceiling", "tegami") if run % 2 == 0 else ("tegami", "ceiling")
+        for which in order:
+            proc = start_ceiling(logs) if which == "ceiling" else start_tegami(logs, worker=False)
+            port = CEILING_PORT if which == "ceiling" else TEGAMI_PORT
+            url = f"http://127.0.0.1:{port}/emails/verify-email"
+            env = base_env()
+            env.update(BENCH_API_KEY=api_key, BENCH_PREFIX=f"warm{run}{which}")
+            wait_quiet()
+            run_wrk(url, "accept.lua", 2, env)  # warm-up: pools, prepared statements
+            env["BENCH_PREFIX"] = f"r{run}{which}"
+            with cpu_meter({"server": proc}) as cpu:
+                result = run_wrk(url, "accept.lua", profile.accept_seconds, env)
+            proc.stop()
+            result.update({"run": run, "which": which, **{f"cpu_{k}": v for k, v in cpu.items()}})
+            details.append(result)
+            (ceiling if which == "ceiling" else tegami).add(result["rps"])
+            log(f"accept run {run} {which}: {result['rps']:.0f} req/s {result}")
+    return {"tegami": tegami, "ceiling": ceiling, "details": details}
+
+
+# -- 2. accept-to-SES latency -------------------------------------------------------------------
+
+
+def _latency_run(
+    url: str, seconds: int, prefix: str, api_key: str, logs: Path, server: Proc
+) -> dict[str, Any]:
+    fake("/_bench/reset")
+    wait_quiet()
+    out = logs / f"latency-{prefix}.json"
+    env = base_env()
+    env["BENCH_API_KEY"] = api_key
+    with cpu_meter({"server": server}) as cpu:
+        _open_loop(url, seconds, prefix, env, out)
+    requests = json.loads(out.read_text())["requests"]
+
+    accepted = {r["id"]: r for r in requests if r["status"] == 202}
+    wait_for(lambda: fake("/_bench/stats")["sent"] >= len(accepted), timeout=30)
+    arrivals = {tag: at for at, tag, _to in fake("/_bench/arrivals")["arrivals"]}
+    measured = [r for r in accepted.values() if not r["warmup"]]
+    latencies = [(arrivals[r["id"]] - r["sent"]) * 1000 for r in measured if r["id"] in arrivals]
+    rtts = [r["rtt"] * 1000 for r in measured]
+    lateness = [r["lateness"] * 1000 for r in requests]
+    return {
+        "requests": len(requests),
+        "accepted": len(accepted),
+        "measured": len(measured),
+        "missing_at_ses": len(measured) - len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies) if latencies else float("nan"),
+        "accept_p50_ms": percentile(rtts, 50),
+        "accept_p99_ms": percentile(rtts, 99),
+        "generator_lateness_p99_ms": percentile(lateness, 99),
+        **{f"cpu_{name}": value for name, value in cpu.items()},
+    }
+
+
+def _open_loop(url: str, seconds: int, prefix: str, env: dict[str, str], out: Path) -> None:
+    subprocess.run(  # noqa: S603
+        [
+            PYTHON,
+            str(BENCH / "loadgen.py"),
+            "open",
+            "--url",
+            url,
+            "--rate",
+            "100",
+            "--seconds",
+            str(seconds),
+            "--warmup",
+            "2",
+            "--prefix",
+            prefix,
+            "--out",
+            str(out),
+        ],
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
+
+
+def bench_latency(profile: Profile, logs: Path, api_key: str) -> dict[str, Any]:
+    fake_ses = start_fake(logs, rate=1000)
+    series = {name: Series() for name in ("p50", "p99", "floor_p50", "floor_p99")}
+    details: list[dict[str, Any]] = []
+    try:
+        for run in range(profile.runs):
+            reset_tables()
+            proc = start_tegami(logs, worker=True)
+            url = f"http://127.0.0.1:{TEGAMI_PORT}/emails/verify-email"
+            result = _latency_run(url, profile.latency_seconds, f"t{run}", api_key, logs, proc)
+            proc.stop()
+            series["p50"].add(result["p50_ms"])
+            series["p99"].add(result["p99_ms"])
+            details.append({"run": run, "which": "tegami", **result})
+            log(f"latency run {run} tegami: {result}")
+            proc = start_ceiling(logs, CEILING_SES_URL=FAKE_URL)
+            url = f"http://127.0.0.1:{CEILING_PORT}/forward/emails/verify-email"
+            result = _latency_run(url, profile.latency_seconds, f"c{run}", api_key, logs, proc)
+            proc.stop()
+            series["floor_p50"].add(result["p50_ms"])
+            series["floor_p99"].add(result["p99_ms"])
+            details.append({"run": run, "which": "floor", **result})
+            log(f"latency run {run} floor: {result}")
+    finally:
+        fake_ses.stop()
+    return {**series, "details": details}
+
+
+# -- 3. drain -----------------------------------------------------------------------------------
+
+
+def _drain_once(
+    profile: Profile, logs: Path, key_id: int, *, latency: int, workers: int, run: int
+) -> dict[str, Any]:
+    reset_tables()
+    load_messages(profile.drain_messages, key_id=key_id)
+    fake("/_bench/reset")
+    wait_quiet()
+    started = time.time()
+    procs = [
+        start_worker(logs, f"tegami-worker-{i}", TEGAMI_SEND_CONCURRENCY=str(SEND_CONCURRENCY))
+        for i in range(workers)
+    ]
+    named = {f"worker_{i}": proc for i, proc in enumerate(procs)}
+    with RssSampler(procs) as sampler, cpu_meter(named) as cpu:
+        done = wait_for(
+            lambda: (
+                fake("/_bench/stats")["sent"] >= profile.drain_messages
+                or not all(proc.alive() for proc in procs)
+            ),
+            timeout=profile.drain_messages / 100 + 60,
+            every=0.5,
+        )
+    stats = fake("/_bench/stats")
+    for proc in procs:
+        proc.stop()
+    if not done or stats["sent"] < profile.drain_messages:
+        raise RuntimeError(f"drain did not finish: {stats}\n{procs[0].tail()}")
+    arrivals = fake("/_bench/arrivals")["arrivals"]
+    statuses = db(lambda c: c.fetch("SELECT status, count(*) FROM message GROUP BY status"))
+    return {
+        "latency_ms": latency,
+        "workers": workers,
+        "run": run,
+        "messages": profile.drain_messages,
+        "per_second": stats["sent"] / (stats["last_arrival"] - stats["first_arrival"]),
+        "start_to_first_send_s": stats["first_arrival"] - started,
+        "sent": stats["sent"],
+        "unique": len({tag for _at, tag, _to in arrivals}),
+        "throttled": stats["throttled"],
+        "peak_rss_mb": sampler.peak_kb / 1024,
+        **{f"cpu_{name}": value for name, value in cpu.items()},
+        "statuses": {r["status"]: r["count"] for r in statuses},
+    }
+
+
+def bench_drain(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"details": []}
+    fake_ses = start_fake(logs, rate=5000)
+    try:
+        for latency in (0, 50):
+            fake("/_bench/config", {"latency_ms": latency, "rate": 5000, "burst": 5000})
+            rates, blasts, botos, rss = Series(), Series(), Series(), Series()
+            for run in range(profile.runs):
+                detail = _drain_once(profile, logs, key_id, latency=latency, workers=1, run=run)
+                rates.add(detail["per_second"])
+                rss.add(detail["peak_rss_mb"])
+                out["details"].append(detail)
+                log(f"drain latency {latency} run {run}: {detail}")
+                blast = _loadgen("blast", logs, connections=SEND_CONCURRENCY, seconds=5)
+                boto = _loadgen("boto", logs, connections=SEND_CONCURRENCY, seconds=5)
+                blasts.add(blast["per_second"])
+                botos.add(boto["per_second"])
+                out["details"].append({"latency_ms": latency, "run": run, "ceiling_http": blast})
+                out["details"].append({"latency_ms": latency, "run": run, "ceiling_boto": boto})
+                log(f"drain ceilings latency {latency} run {run}: http {blast}, aioboto3 {boto}")
+            out[latency] = {"tegami": rates, "ceiling": blasts, "boto": botos, "rss_mb": rss}
+        # Supplementary, once: two worker processes share the backlog (both cores).
+        fake("/_bench/config", {"latency_ms": 0, "rate": 5000, "burst": 5000})
+        detail = _drain_once(profile, logs, key_id, latency=0, workers=2, run=0)
+        out["details"].append(detail)
+        out["two_workers"] = detail
+        log(f"drain with two workers: {detail}")
+    finally:
+        fake_ses.stop()
+    return out
+
+
+def _loadgen(mode: str, logs: Path, *, connections: int, seconds: int) -> dict[str, Any]:
+    fake("/_bench/reset")
+    target = logs / f"{mode}-{time.time()}.json"
+    subprocess.run(  # noqa: S603
+        [
+            PYTHON,
+            str(BENCH / "loadgen.py"),
+            mode,
+            "--url",
+            FAKE_URL,
+            "--connections",
+            str(connections),
+            "--seconds",
+            str(seconds),
+            "--out",
+            str(target),
+        ],
+        env=base_env(),
+        check=True,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] = json.loads(target.read_text())
+    return result
+
+
+# -- 4. rate accuracy ---------------------------------------------------------------------------
+
+
+def bench_rate(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
+    rate = 14.0
+    window = 10.0
+    fake_ses = start_fake(logs, rate=rate)
+    lows, highs, throttled = Series(), Series(), Series()
+    details: list[dict[str, Any]] = []
+    try:
+        for run in range(profile.runs):
+            reset_tables()
+            load_messages(int(rate * (profile.rate_seconds + 30)), key_id=key_id)
+            fake("/_bench/reset")
+            wait_quiet()
+            workers = [start_worker(logs, f"tegami-worker-{i}") for i in (1, 2)]
+            wait_for(lambda: fake("/_bench/stats")["first_arrival"] is not None, timeout=60)
+            first = fake("/_bench/stats")["first_arrival"]
+            time.sleep(max(0.0, first + profile.rate_seconds + 0.5 - time.time()))
+            stats = fake("/_bench/stats")
+            for worker in workers:
+                worker.stop()
+            times = sorted(at for at, _tag, _to in fake("/_bench/arrivals")["arrivals"])
+            windows = [
+                sum(1 for t in times if first + k * window <= t < first + (k + 1) * window) / window
+                for k in range(int(profile.rate_seconds // window))
+            ]
+            lows.add(min(windows))
+            highs.add(max(windows))
+            throttled.add(stats["throttled"])
+            detail = {
+                "run": run,
+                "windows_per_second": windows,
+                "throttled": stats["throttled"],
+                "failed": stats["failed"],
+            }
+            details.append(detail)
+            log(f"rate run {run}: {detail}")
+    finally:
+        fake_ses.stop()
+    return {
+        "rate": rate,
+        "low": lows,
+        "high": highs,
+        "throttled": throttled,
+        "details": details,
+    }
+
+
+# -- 5. SNS ingest ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnsSetup:
+    cert_dir: Path
+    cert_path: Path
+    bodies: Path
+    warm_bodies: Path
+    targets: list[tuple[uuid.UUID, str, str]]
+
+
+def prepare_sns(profile: Profile, logs: Path, key_id: int) -> SnsSetup:
+    from app.sns.signature import make_signing_identity
+    from app.sns.simulate import DevSigner, SimulatedEvent, ses_event, sns_notification
+
+    key_pem, cert_pem = make_signing_identity(common_name="sns.ap-northeast-1.amazonaws.com")
+    cert_dir = logs / "sns-certs"
+    cert_dir.mkdir(exist_ok=True)
+    name = f"SimpleNotificationService-{hashlib.sha256(cert_pem).hexdigest()[:32]}.pem"
+    (cert_dir / name).write_bytes(cert_pem)
+    signer = DevSigner(
+        key_pem=key_pem,
+        cert_dir=cert_dir,
+        cert_url=f"https://sns.ap-northeast-1.amazonaws.com/{name}",
+    )
+    warm = 2000
+    reset_tables()
+    targets = load_messages(profile.sns_events + warm, key_id=key_id, status="sent", prefix="sns")
+    rng = random.Random(11)  # noqa: S311
+    lines = []
+    # Most feedback is deliveries; then bounces (hard and soft) and a few complaints.
+    for _message_id, address, ses_id in targets:
+        roll = rng.random()
+        if roll < 0.90:
+            event = ses_event(SimulatedEvent.DELIVERY, address, ses_message_id=ses_id)
+        elif roll < 0.95:
+            event = ses_event(SimulatedEvent.BOUNCE, address, ses_message_id=ses_id)
+        elif roll < 0.98:
+            event = ses_event(SimulatedEvent.BOUNCE, address, soft=True, ses_message_id=ses_id)
+        else:
+            event = ses_event(SimulatedEvent.COMPLAINT, address, ses_message_id=ses_id)
+        notification = sns_notification(event, signer=signer, topic_arn=TOPIC_ARN)
+        lines.append(json.dumps(notification))
+    bodies = logs / "sns-bodies.jsonl"
+    warm_bodies = logs / "sns-warm.jsonl"
+    bodies.write_text("\n".join(lines[:-warm]) + "\n")
+    warm_bodies.write_text("\n".join(lines[-warm:]) + "\n")
+    return SnsSetup(cert_dir, cert_dir / name, bodies, warm_bodies, targets)
+
+
+def _reset_sns_state(profile: Profile, key_id: int) -> None:
+    reset_tables()
+    load_messages(profile.sns_events + 2000, key_id=key_id, status="sent", prefix="sns")
+
+
+def bench_sns(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
+    log("signing SNS notifications")
+    setup = prepare_sns(profile, logs, key_id)
+    tegami, ceiling = Series(), Series()
+    details: list[dict[str, Any]] = []
+    for run in range(profile.runs):
+        order = ("ceiling", "tegami") if run % 2 == 0 else ("tegami", "ceiling")
+        for which in order:
+            # The same messages each run: the database is put back as it was before.
+            _restore_sent_messages(setup, key_id)
+            if which == "ceiling":
+                proc = start_ceiling(logs, CEILING_SNS_CERT=str(setup.cert_path))
+                port = CEILING_PORT
+            else:
+                proc = start_tegami(
+                    logs,
+                    worker=False,
+                    TEGAMI_SNS_CERT_DIR=str(setup.cert_dir),
+                    TEGAMI_SNS_TOPIC_ARNS=TOPIC_ARN,
+                )
+                port = TEGAMI_PORT
+            url = f"http://127.0.0.1:{port}/sns/ses-events"
+            env = base_env()
+            env["BENCH_SNS_BODIES"] = str(setup.warm_bodies)
+            wait_quiet()
+            run_wrk(url, "sns.lua", 2, env)
+            before = _sns_rows(which)
+            env["BENCH_SNS_BODIES"] = str(setup.bodies)
+            with cpu_meter({"server": proc}) as cpu:
+                result = run_wrk(url, "sns.lua", profile.sns_seconds, env)
+            proc.stop()
+            applied = _sns_rows(which) - before
+            per_second = applied / profile.sns_seconds
+            if applied >= profile.sns_events:
+                log("warning: every SNS body was used; the figure is a lower bound")
+            outcomes = (
+                db(lambda c: c.fetch("SELECT outcome, count(*) FROM sns_message GROUP BY 1"))
+                if which == "tegami"
+                else []
+            )
+            detail = {
+                "run": run,
+                "which": which,
+                "applied": applied,
+                "per_second": per_second,
+                "wrk_rps": result["rps"],
+                "non_2xx": result["non_2xx"],
+                "p99_ms": result.get("p99_ms"),
+                "cpu_server": cpu["server"],
+                "machine_busy_pct": cpu["machine_busy_pct"],
+                "outcomes": {r["outcome"]: r["count"] for r in outcomes},
+            }
+            details.append(detail)
+            (ceiling if which == "ceiling" else tegami).add(per_second)
+            log(f"sns run {run} {which}: {detail}")
+    return {"tegami": tegami, "ceiling": ceiling, "details": details}
+
+
+def _restore_sent_messages(setup: SnsSetup, key_id: int) -> None:
+    """Undo a run's effects: feedback rows gone, messages 'sent' again, no suppressions."""
+
+    async def run(c: asyncpg.Connection) -> None:
+        await c.execute(
+            """
+            TRUNCATE sns_message, suppression, audit_event, ceiling_sns;
+            DELETE FROM message_event WHERE kind NOT IN ('accepted', 'sent');
+            UPDATE message SET status = 'sent', last_error = NULL
+                WHERE status <> 'sent';
+            UPDATE recipient SET soft_bounce_count = 0 WHERE soft_bounce_count <> 0;
+            """
+        )
+        await c.execute("VACUUM ANALYZE message, message_event, recipient")
+
+    db(run)
+
+
+def _sns_rows(which: str) -> int:
+    table = "ceiling_sns" if which == "ceiling" else "sns_message"
+    return int(db(lambda c: c.fetchval(f"SELECT count(*) FROM {table}")))  # noqa: S608
+
+
+# -- the loadgen's own ceiling ------------------------------------------------------------------
+
+
+def bench_generator(logs: Path) -> dict[str, Any]:
+    fake_ses = start_fake(logs, rate=1000)
+    try:
+        target = logs / "self.json"
+        subprocess.run(  # noqa: S603
+            [
+                PYTHON,
+                str(BENCH / "loadgen.py"),
+                "self",
+                "--url",
+                FAKE_URL,
+                "--seconds",
+                "3",
+                "--out",
+                str(target),
+            ],
+            env=base_env(),
+            check=True,
+            cwd=ROOT,
+        )
+        loadgen = json.loads(target.read_text())
+        wrk = run_wrk(f"{FAKE_URL}/_bench/ping", "ping.lua", 3, base_env())
+    finally:
+        fake_ses.stop()
+    return {"loadgen_per_second": loadgen["per_second"], "wrk_per_second": wrk["rps"]}
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def machine_facts() -> list[tuple[str, str]]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    pg = db(
+        lambda c: c.fetch(
+            "SELECT name, current_setting(name) AS setting FROM pg_settings WHERE name IN "
+            "('server_version', 'shared_buffers', 'synchronous_commit', 'fsync', "
+            "'max_connections', 'wal_level', 'work_mem') ORDER BY name"
+        )
+    )
+    pg_text = ", ".join(f"{r['name']}={r['setting']}" for r in pg)
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in (
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "uvloop",
+            "sqlalchemy",
+            "asyncpg",
+            "aioboto3",
+            "aiobotocore",
+            "botocore",
+            "pydantic",
+        )
+    )
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]  # noqa: S607
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "app"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    return [
+        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("code", f"{commit}{' + uncommitted changes in app/' if dirty else ''}"),
+        ("CPU", f"{cpu}, {os.cpu_count()} cores"),
+        ("memory", f"{int(mem.group(1)) // 1024 // 1024 if mem else '?'} GiB"),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", platform.python_version()),
+        ("PostgreSQL", pg_text + " (same machine, loopback TCP)"),
+        ("packages", versions),
+        ("load generators", f"{wrk.split(' Copyright')[0]}; bench/loadgen.py (aiohttp, uvloop)"),
+    ]
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**short**"
+
+
+def write_report(
+    path: Path, argv: Sequence[str], profile: Profile, results: dict[str, Any], took: float
+) -> None:
+    lines = [
+        "# tegami benchmarks",
+        "",
+        "Produced by:",
+        "",
+        "```sh",
+        " ".join([sys.executable, *map(shlex.quote, argv)]),
+        "```",
+        "",
+        f"Took {took / 60:.1f} minutes. Every figure is the median of {profile.runs} runs, "
+        "with the range (min–max) in parentheses; each ceiling was measured in the same "
+        "run, on the same machine, with the same load generator. Ratio is figure / "
+        "ceiling for throughput, ceiling / figure for latency (1.0 = as good as the bare "
+        "minimum; higher is better).",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in machine_facts()],
+        "",
+        "## Figures",
+        "",
+        "| # | figure | target | tegami | ceiling | ratio | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    accept = results.get("accept")
+    if accept:
+        ratio = accept["tegami"].median / accept["ceiling"].median
+        lines.append(
+            f"| 1 | accept throughput, req/s (20 connections, one process) | ratio ≥ 0.5 | "
+            f"{accept['tegami'].show()} | {accept['ceiling'].show()} | {ratio:.2f} | "
+            f"{verdict(ratio >= 0.5)} |"
+        )
+    latency = results.get("latency")
+    if latency:
+        for q, target in (("p50", 10), ("p99", 50)):
+            figure, floor = latency[q].median, latency[f"floor_{q}"].median
+            lines.append(
+                f"| 2 | accept-to-SES latency {q}, ms (100 req/s) | ≤ {target} | "
+                f"{latency[q].show(1)} | {latency[f'floor_{q}'].show(1)} | "
+                f"{floor / figure:.2f} | {verdict(figure <= target)} |"
+            )
+    drain = results.get("drain")
+    if drain:
+        for latency_ms, target in ((0, 1500), (50, 1000)):
+            part = drain[latency_ms]
+            figure = part["tegami"].median
+            lines.append(
+                f"| 3 | drain, msg/s, one worker (SES latency {latency_ms} ms, "
+                f"{profile.drain_messages:,} backlog) | ≥ {target:,} | {part['tegami'].show()} | "
+                f"{part['ceiling'].show()} raw HTTP; {part['boto'].show()} aioboto3 alone | "
+                f"{figure / part['ceiling'].median:.2f}; {figure / part['boto'].median:.2f} | "
+                f"{verdict(figure >= target)} |"
+            )
+            rss = part["rss_mb"]
+            lines.append(
+                f"| 3 | worker peak RSS, MB (SES latency {latency_ms} ms) | < 200 | "
+                f"{rss.show()} | 200 | {max(rss.values) / 200:.2f} of it | "
+                f"{verdict(max(rss.values) < 200)} |"
+            )
+        two = drain.get("two_workers")
+        if two:
+            lines.append(
+                f"| 3 | drain, msg/s, two workers, one run (SES latency 0 ms) | ≥ 1,500 | "
+                f"{fmt(two['per_second'])} | as above | | {verdict(two['per_second'] >= 1500)} |"
+            )
+    rate = results.get("rate")
+    if rate:
+        low, high = min(rate["low"].values), max(rate["high"].values)
+        ok = low >= 13 and high <= 14 and max(rate["throttled"].values) == 0
+        lines.append(
+            f"| 4 | rate, msg/s per 10-s window (2 workers, {profile.rate_seconds} s) | 13–14, "
+            f"0 throttled | lowest {rate['low'].show(2)}, highest {rate['high'].show(2)}, "
+            f"throttled {rate['throttled'].show()} | 14 (MaxSendRate) | "
+            f"{rate['low'].median / rate['rate']:.2f} | {verdict(ok)} |"
+        )
+    sns = results.get("sns")
+    if sns:
+        figure = sns["tegami"].median
+        lines.append(
+            f"| 5 | SNS ingest, events/s (20 connections, one process) | ≥ 1,000 | "
+            f"{sns['tegami'].show()} | {sns['ceiling'].show()} | "
+            f"{figure / sns['ceiling'].median:.2f} | {verdict(figure >= 1000)} |"
+        )
+    generator = results.get("generator")
+    lines += ["", "## How each figure is measured", ""]
+    lines += [
+        "1. **Accept throughput.** `tegami serve` (one process, `TEGAMI_RUN_WORKER=false`) and "
+        "the ceiling (`uvicorn bench.ceiling:app`, one process: pydantic body, one INSERT "
+        "through an asyncpg pool of the same size) each get `wrk -t1 -c20` for "
+        f"{profile.accept_seconds} s after a 2-s warm-up, `POST /emails/verify-email`, every "
+        "request to a new address (bench/wrk/accept.lua). Non-2xx answers are counted and "
+        "must be zero.",
+        "2. **Accept-to-SES latency.** `tegami serve` with its worker, fake SES at 0 ms "
+        "(MaxSendRate 1,000), load from bench/loadgen.py open loop at exactly 100 req/s "
+        f"for {profile.latency_seconds} s after 2 s of warm-up: from the moment the request is "
+        "sent to the moment the fake SES parsed the SendEmail carrying that mail's "
+        "`tegami_id` tag (both clocks are the same machine's). The floor is bench/ceiling.py "
+        "answering after one INSERT and then posting a SendEmail straight to the fake.",
+        f"3. **Drain.** {profile.drain_messages:,} messages COPYed into a migrated database "
+        "exactly as the API writes them (recipient, message, `accepted` event; 70 % "
+        "verify-email, 10 % each other type), then one `tegami worker` "
+        f"(`TEGAMI_SEND_CONCURRENCY={SEND_CONCURRENCY}`) against the fake SES (MaxSendRate "
+        "5,000, enforced). Rate = messages / (last arrival − first arrival) at the fake; "
+        "RSS sampled every 0.25 s from /proc. The ceiling is bench/loadgen.py blasting "
+        "SendEmail requests of the same size straight at the fake with the same number of "
+        "connections (no database, no botocore) for 5 s.",
+        "4. **Rate accuracy.** The fake SES reports MaxSendRate 14 in GetAccount and "
+        "enforces it (token bucket of 14, refilled at 14/s; over it: 429 "
+        "TooManyRequestsException). Two `tegami worker` processes, no TEGAMI_MAX_SEND_RATE, "
+        f"a backlog that outlasts the test; sends per second in each 10-s window over "
+        f"{profile.rate_seconds} s from the first send.",
+        "5. **SNS ingest.** Signed SNS notifications (SignatureVersion 2, a throwaway "
+        "certificate served through `TEGAMI_SNS_CERT_DIR`) carrying SES events for sent "
+        "messages: 90 % Delivery, 5 % hard bounce, 3 % soft bounce, 2 % complaint. "
+        f"`wrk -t1 -c20` for {profile.sns_seconds} s (bench/wrk/sns.lua); the figure is the "
+        "rows `sns_message` gained, per second. The ceiling (bench/ceiling.py) parses the "
+        "JSON, verifies the same RSA signature and INSERTs the MessageId.",
+    ]
+    if generator:
+        lines += [
+            "",
+            "Load generators' own ceilings on this machine (against the fake SES's "
+            f"ping): wrk {fmt(generator['wrk_per_second'])} req/s, bench/loadgen.py "
+            f"{fmt(generator['loadgen_per_second'])} req/s with 20 connections; the latency "
+            "test asks the latter for 100 req/s.",
+        ]
+    lines += ["", "## Every run", "", "```json"]
+    details = {
+        name: value["details"]
+        for name, value in results.items()
+        if isinstance(value, dict) and "details" in value
+    }
+    lines.append(json.dumps(details, indent=1, default=str))
+    lines += ["```", ""]
+    notes = BENCH / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    path.write_text("\n".join(lines))
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+ALL = ("accept", "latency", "drain", "rate", "sns")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small version, a few minutes")
+    parser.add_argument("--runs", type=int, help="runs per benchmark (default 3, quick 2)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--output", type=Path, help="report file (default bench/README.md)")
+    args = parser.parse_args()
+    profile = QUICK if args.quick else FULL
+    if args.runs:
+        profile = Profile(**{**profile.__dict__, "runs": args.runs})
+    only = tuple(args.only.split(",")) if args.only else ALL
+    output = args.output or BENCH / "README.md"
+    started = time.monotonic()
+    logs = Path(tempfile.mkdtemp(prefix="tegami-bench-"))
+    log(f"logs in {logs}")
+    results: dict[str, Any] = {}
+    try:
+        key_id, api_key = create_database()
+        results["generator"] = bench_generator(logs)
+        log(f"generators: {results['generator']}")
+        if "accept" in only:
+            results["accept"] = bench_accept(profile, logs, api_key)
+        if "latency" in only:
+            results["latency"] = bench_latency(profile, logs, api_key)
+        if "drain" in only:
+            results["drain"] = bench_drain(profile, logs, key_id)
+        if "rate" in only:
+            results["rate"] = bench_rate(profile, logs, key_id)
+        if "sns" in only:
+            results["sns"] = bench_sns(profile, logs, key_id)
+    finally:
+        stop_all()
+    argv = ["bench/run.py", *sys.argv[1:]]
+    write_report(output, argv, profile, results, time.monotonic() - started)
+    log(f"report written to {output}")
+    print(output.read_text().split("## How each figure")[0])
+
+
+if __name__ == "__main__":
+    main()
