@@ -67,6 +67,9 @@ _CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash, cannot connect now
+    # "cannot switch to state …; another operation is in progress": a connection left
+    # mid-protocol by a drop; unusable, so it is thrown away like a lost one.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
