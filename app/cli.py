@@ -99,10 +99,9 @@ def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
     """Start (or reuse) the embedded PostgreSQL and return settings for a local run."""
     import warnings
 
-    import pgserver
-
     # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    import pgserver
 
     from app.sns.simulate import dev_sns_environment
 
