@@ -50,11 +50,6 @@ class Unprocessable(AppError):
     code = "invalid_request"
 
 
-class PayloadTooLarge(AppError):
-    status_code = 413
-    code = "payload_too_large"
-
-
 class UnsupportedMediaType(AppError):
     status_code = 415
     code = "unsupported_media_type"

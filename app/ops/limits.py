@@ -7,13 +7,16 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_body
+
 MAX_BODY_BYTES = 64 * 1024
+TOO_LARGE = "the body is over 64 KiB"
 
 
 class _TooLarge(HTTPException):
     # An HTTPException, so FastAPI's body reader passes it on instead of calling it a 400.
     def __init__(self) -> None:
-        super().__init__(413, "the body is over 64 KiB")
+        super().__init__(413, TOO_LARGE)
 
 
 class BodySizeLimit:
@@ -61,9 +64,7 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(send: Send) -> None:
-        body = json.dumps(
-            {"error": {"code": "payload_too_large", "message": "the body is over 64 KiB"}}
-        ).encode()
+        body = json.dumps(error_body("payload_too_large", TOO_LARGE)).encode()
         await send(
             {
                 "type": "http.response.start",

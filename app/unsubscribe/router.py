@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import SessionDep
@@ -99,6 +100,23 @@ def _claim(settings: Settings, token: str) -> tuple[UnsubscribeClaim, Category] 
     return claim, Category(claim.category)
 
 
+async def _link_target(
+    settings: Settings, session: AsyncSession, token: str
+) -> tuple[UnsubscribeClaim, Category, bool] | None:
+    """Whom the link is for and whether they already opted out; None for a link that names
+    no one (forged, edited, or its recipient erased)."""
+    found = _claim(settings, token)
+    if found is None:
+        return None
+    claim, category = found
+    opted_out = await recipients.opt_out_status(
+        session, recipient_id=claim.recipient_id, category=category
+    )
+    if opted_out is None:
+        return None
+    return claim, category, opted_out
+
+
 def fingerprint(token: str) -> str:
     """Names the token in the audit trail without storing it (it still works as a link)."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
@@ -112,15 +130,10 @@ def fingerprint(token: str) -> str:
 )
 async def unsubscribe_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings
-    found = _claim(settings, token)
-    if found is None:
+    target = await _link_target(settings, session, token)
+    if target is None:
         return _not_found(settings)
-    claim, category = found
-    opted_out = await recipients.opt_out_status(
-        session, recipient_id=claim.recipient_id, category=category
-    )
-    if opted_out is None:
-        return _not_found(settings)
+    _, category, opted_out = target
     label, description = CATEGORY_LABELS[category]
     if opted_out:
         return _page(
@@ -152,15 +165,10 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep) ->
 )
 async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings
-    found = _claim(settings, token)
-    if found is None:
+    target = await _link_target(settings, session, token)
+    if target is None:
         return _not_found(settings)
-    claim, category = found
-    status = await recipients.opt_out_status(
-        session, recipient_id=claim.recipient_id, category=category
-    )
-    if status is None:  # no such recipient, or erased
-        return _not_found(settings)
+    claim, category, _ = target
     # Only told apart in the log: both opt out, and no field is required (clients vary).
     form = parse_qs((await request.body()).decode("latin-1"))
     one_click = form.get("List-Unsubscribe") == ["One-Click"]
