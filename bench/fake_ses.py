@@ -51,6 +51,7 @@ class FakeSes:
     failed: int = 0
     malformed: int = 0
     requests: int = 0
+    connections: int = 0
 
     def __post_init__(self) -> None:
         self.tokens = self.burst
@@ -65,6 +66,7 @@ class FakeSes:
     def reset(self) -> None:
         self.arrivals = []
         self.sent = self.throttled = self.failed = self.malformed = self.requests = 0
+        self.connections = 0
         self.tokens = self.burst
         self.refilled_at = time.monotonic()
 
@@ -86,6 +88,7 @@ class FakeSes:
             "failed": self.failed,
             "malformed": self.malformed,
             "requests": self.requests,
+            "connections": self.connections,
             "first_arrival": first,
             "last_arrival": last,
             "config": {
@@ -152,6 +155,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.ses.connections += 1
         self.task = asyncio.get_running_loop().create_task(self._answer())
 
     def data_received(self, data: bytes) -> None:

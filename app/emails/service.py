@@ -22,6 +22,9 @@ from app.models import Message, MessageEvent, MessageStatus
 from app.recipients.addresses import address_hash
 
 OUTBOX_CHANNEL = "tegami_outbox"
+# The NOTIFY payload: which process accepted the mail. That process's own worker was already
+# woken in memory, so it ignores its own NOTIFY (a second wake cost one empty claim per mail).
+PROCESS_ORIGIN = uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ _ACCEPT = NamedStatement.of(
         (SELECT id FROM existing) AS existing_id,
         (SELECT request_hash FROM existing) AS existing_hash,
         (SELECT message_id FROM accepted_event) AS inserted_id,
-        (SELECT count(pg_notify(CAST(:channel AS text), '')) FROM accepted_event) AS notified
+        (SELECT count(pg_notify(CAST(:channel AS text), CAST(:origin AS text)))
+            FROM accepted_event) AS notified
     FROM block
     """
 )
@@ -162,6 +166,7 @@ async def accept(
         "request_hash": fingerprint,
         "cause": caller.cause,
         "channel": OUTBOX_CHANNEL,
+        "origin": PROCESS_ORIGIN,
     }
     row = await connection.fetchrow(_ACCEPT.sql, *_ACCEPT.args(values))
     if row["existing_id"] is not None:
