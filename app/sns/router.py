@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import SessionDep
+from app.db import driver_connection
 from app.errors import AppError
 from app.ops.metrics import SNS_MESSAGES
-from app.sns import service
+from app.sns import feedback, service
 from app.sns.service import SnsOutcome
 from app.sns.signature import (
     CertificateStore,
@@ -121,7 +122,7 @@ _SNS_EXAMPLE = {
         ),
     },
 )
-async def receive_ses_event(request: Request, session: SessionDep) -> SnsReceipt:
+async def receive_ses_event(request: Request) -> SnsReceipt:
     settings: Settings = request.app.state.settings
     certificates: CertificateStore = request.app.state.sns_certificates
     body = await request.body()
@@ -157,16 +158,30 @@ async def receive_ses_event(request: Request, session: SessionDep) -> SnsReceipt
         raise SnsRefused("the SNS message did not verify", code=exc.reason) from exc
 
     kind = message["Type"]
-    if kind == "SubscriptionConfirmation":
-        outcome = await service.confirm_subscription(
-            session, message=message, http=request.app.state.http
-        )
-    elif kind == "UnsubscribeConfirmation":
-        outcome = await service.record_unsubscribe_confirmation(session, message=message)
+    if kind == "Notification":
+        # The hot path: asyncpg's own connection, committed when apply_notification returns.
+        async with driver_connection(request.app.state.engine) as connection:
+            outcome = await feedback.apply_notification(
+                connection,
+                message=message,
+                secret=settings.address_hash_secret.get_secret_value(),
+                now=datetime.now(UTC),
+            )
     else:
-        outcome = await service.apply_notification(
-            session, message=message, settings=settings, now=datetime.now(UTC)
-        )
-    await session.commit()
+        outcome = await _subscription(request, message)
     SNS_MESSAGES.labels(outcome=outcome).inc()
     return SnsReceipt(message_id=message["MessageId"], outcome=outcome)
+
+
+async def _subscription(request: Request, message: dict[str, Any]) -> SnsOutcome:
+    """SubscriptionConfirmation (confirmed) or UnsubscribeConfirmation (recorded only)."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        if message["Type"] == "SubscriptionConfirmation":
+            outcome = await service.confirm_subscription(
+                session, message=message, http=request.app.state.http
+            )
+        else:
+            outcome = await service.record_unsubscribe_confirmation(session, message=message)
+        await session.commit()
+    return outcome

@@ -578,6 +578,37 @@ async def test_duplicate_sns_message_is_applied_once(
     await assert_sendable(sns, auth, address)
 
 
+@pytest.mark.parametrize("fixture", ["eventpub-delivery.json", "eventpub-complaint-abuse.json"])
+@pytest.mark.parametrize("known", [True, False], ids=["sent-by-tegami", "never-sent"])
+async def test_repeat_of_a_delivery_or_complaint_is_a_duplicate_and_changes_nothing(
+    sns: Sns, auth: dict[str, str], engine: AsyncEngine, fixture: str, known: bool
+) -> None:
+    address = "taro@example.com"
+    if known:
+        email_id, ses_id = await sent_mail(sns, auth, address)
+    else:
+        ses_id = "0100-never-sent"
+    message = sns.notification(ses_event(fixture, to=address, ses_message_id=ses_id))
+    assert (await sns.post(message)).json()["outcome"] == "applied"
+    trail = await audit(engine, address)
+    history = (await email(sns, auth, email_id))["events"] if known else []
+    again = await sns.post(message)
+    assert again.status_code == 200
+    assert again.json()["outcome"] == "duplicate"
+    assert await audit(engine, address) == trail
+    if known:
+        assert (await email(sns, auth, email_id))["events"] == history
+
+
+async def test_delivery_about_a_message_never_sent_still_resets_the_count(
+    sns: Sns, auth: dict[str, str], engine: AsyncEngine
+) -> None:
+    address = "taro@example.com"
+    await sns.deliver(undetermined_bounce(address))
+    await sns.deliver(ses_event("eventpub-delivery.json", to=address, ses_message_id="0100-x"))
+    assert await soft_bounce_count(engine, address) == 0
+
+
 async def test_one_soft_bounce_published_twice_by_ses_counts_once(
     sns: Sns, auth: dict[str, str], engine: AsyncEngine
 ) -> None:
@@ -587,6 +618,19 @@ async def test_one_soft_bounce_published_twice_by_ses_counts_once(
     second = await sns.post(sns.notification(event))
     assert second.json()["outcome"] == "duplicate"
     assert await soft_bounce_count(engine, "taro@example.com") == 1
+
+
+async def test_one_soft_bounce_published_twice_at_once_counts_once(
+    sns: Sns, auth: dict[str, str], engine: AsyncEngine
+) -> None:
+    # The second waits for the first's lock on the recipient, then finds its audit line.
+    event = ses_event(SOFT_BOUNCES[0][0], to="taro@example.com", feedback_id="0100-same-000001")
+    answers = await asyncio.gather(*(sns.post(sns.notification(event)) for _ in range(2)))
+    assert sorted(answer.json()["outcome"] for answer in answers) == ["applied", "duplicate"]
+    assert await soft_bounce_count(engine, "taro@example.com") == 1
+    assert [action for action, _, _ in await audit(engine, "taro@example.com")] == [
+        "soft_bounce_counted"
+    ]
 
 
 async def test_delivery_after_bounce_keeps_suppression_and_bounced_status(
