@@ -42,8 +42,17 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> A
         # fork, a TLS attempt and authentication, more than the statement itself.
         pool_size=pool_size,
         max_overflow=max_overflow,
-        # Fail fast when the database is away, so /readyz and the API answer 503 quickly.
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={
+            # Fail fast when the database is away, so /readyz and the API answer 503 quickly.
+            "timeout": 5,
+            "command_timeout": 30,
+            # The hot statements are prepared once per connection and run thousands of times.
+            # Left to choose, PostgreSQL keeps re-planning the CTE statements with arrays for
+            # every execution (their generic plan is estimated dearer), which cost more than
+            # running them: SNS ingest spent 1.9 ms of PostgreSQL CPU per event instead of
+            # 1.0. Every statement here looks rows up by key, so a generic plan is the same.
+            "server_settings": {"plan_cache_mode": "force_generic_plan"},
+        },
     )
     event.listen(engine.sync_engine, "checkout", _discard_closed)
     return engine
