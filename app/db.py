@@ -42,17 +42,8 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> A
         # fork, a TLS attempt and authentication, more than the statement itself.
         pool_size=pool_size,
         max_overflow=max_overflow,
-        connect_args={
-            # Fail fast when the database is away, so /readyz and the API answer 503 quickly.
-            "timeout": 5,
-            "command_timeout": 30,
-            # The hot statements are prepared once per connection and run thousands of times.
-            # Left to choose, PostgreSQL keeps re-planning the CTE statements with arrays for
-            # every execution (their generic plan is estimated dearer), which cost more than
-            # running them: SNS ingest spent 1.9 ms of PostgreSQL CPU per event instead of
-            # 1.0. Every statement here looks rows up by key, so a generic plan is the same.
-            "server_settings": {"plan_cache_mode": "force_generic_plan"},
-        },
+        # Fail fast when the database is away, so /readyz and the API answer 503 quickly.
+        connect_args={"timeout": 5, "command_timeout": 30},
     )
     event.listen(engine.sync_engine, "checkout", _discard_closed)
     return engine
@@ -95,11 +86,18 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """
     async with engine.connect() as connection:
         pooled = await connection.get_raw_connection()
+        raw = pooled.driver_connection
         try:
-            yield pooled.driver_connection
+            yield raw
         except _CONNECTION_LOST as exc:
             pooled.invalidate(exc)
             raise OperationalError("(asyncpg)", None, exc) from exc
+        finally:
+            # A transaction a caller opened and could not end (cancelled mid-statement) must
+            # not reach the next user of this connection: SQLAlchemy's reset on return only
+            # rolls back transactions it began itself. Closing it rolls it back.
+            if raw is not None and not raw.is_closed() and raw.is_in_transaction():
+                pooled.invalidate()
 
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_]+)")
