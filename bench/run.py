@@ -1,8 +1,8 @@
 """Run every benchmark, several times each, and write bench/README.md.
 
-    /tmp/venv1/bin/python bench/run.py            # the full set (about 20 minutes)
-    /tmp/venv1/bin/python bench/run.py --quick    # a small version (a few minutes)
-    /tmp/venv1/bin/python bench/run.py --only accept,sns --output /tmp/partial.md
+    .venv/bin/python bench/run.py            # the full set (about 20 minutes)
+    .venv/bin/python bench/run.py --quick    # a small version (a few minutes)
+    .venv/bin/python bench/run.py --only accept,sns --output /tmp/partial.md
 
 Run it with the Python of tegami's virtual environment (it imports the app to shape rows and
 sign SNS messages, and starts ``tegami`` from the same environment). Needs ``wrk`` (Debian
@@ -1129,6 +1129,12 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**short**"
 
 
+def _shown_python() -> str:
+    """The Python that ran the bench, relative to the checkout when it is its .venv."""
+    python = Path(sys.executable)
+    return str(python.relative_to(ROOT)) if python.is_relative_to(ROOT) else str(python)
+
+
 def write_report(
     path: Path, argv: Sequence[str], profile: Profile, results: dict[str, Any], took: float
 ) -> None:
@@ -1138,7 +1144,7 @@ def write_report(
         "Produced by:",
         "",
         "```sh",
-        " ".join([sys.executable, *map(shlex.quote, argv)]),
+        " ".join([_shown_python(), *map(shlex.quote, argv)]),
         "```",
         "",
         f"Took {took / 60:.1f} minutes. Every figure is the median of {profile.runs} runs, "
