@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.config import Settings
 from app.db import create_engine, driver_connection
@@ -33,7 +33,7 @@ async def test_a_transaction_left_open_never_reaches_the_next_user(database_url:
         assert kept == ["committed"]
     finally:
         async with engine.begin() as conn:
-            await conn.execute(SnsMessage.__table__.delete())
+            await conn.execute(delete(SnsMessage))
         await engine.dispose()
 
 
