@@ -27,7 +27,7 @@ from app.models import MessageStatus
 from app.recipients import rules
 from app.recipients.addresses import address_hash, mask_address
 from app.sns.events import EventKind, SesEvent, SesEventError, parse_ses_event
-from app.sns.service import SnsOutcome
+from app.sns.service import SnsOutcome, claim_values, record_sns_message
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ class UnreadableSesEvent(AppError):
     status_code = 400
     code = "unreadable_ses_event"
 
-
-_CLAIM_SNS_MESSAGE = NamedStatement.of(
-    """
-    INSERT INTO sns_message (message_id, type, topic_arn, outcome)
-    VALUES (:message_id, :type, :topic_arn, :outcome)
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING true
-    """
-)
 
 # The rules apply to addresses tegami never mailed, so a soft bounce creates the recipient it
 # counts for. An erased recipient (address NULL) stays erased.
@@ -230,8 +221,8 @@ async def apply_notification(
     """
     event = read_ses_event(message["Message"])
     if event is None:
-        claim = _CLAIM_SNS_MESSAGE  # one statement: its own transaction
-        if await connection.fetchval(claim.sql, *claim.args(_claim_values(message, None))) is None:
+        # One statement: its own transaction.
+        if not await record_sns_message(connection, message=message, outcome=SnsOutcome.IGNORED):
             return SnsOutcome.DUPLICATE
         log.info(
             "SNS notification is not SES feedback we act on; ignored",
@@ -292,16 +283,6 @@ class _Target:
         return cls(addresses, sorted(addresses))
 
 
-def _claim_values(message: Mapping[str, Any], event: SesEvent | None) -> dict[str, Any]:
-    outcome = SnsOutcome.APPLIED if event is not None else SnsOutcome.IGNORED
-    return {
-        "message_id": message["MessageId"],
-        "type": message["Type"],
-        "topic_arn": message["TopicArn"],
-        "outcome": outcome.value,
-    }
-
-
 async def _apply_unlocked(
     connection: Any,
     *,
@@ -317,7 +298,7 @@ async def _apply_unlocked(
     before any still in flight and leaves the count alone. Above 0, the locked path runs.
     """
     values = {
-        **_claim_values(message, event),
+        **claim_values(message, SnsOutcome.APPLIED),
         "hashes": target.hashes,
         "ses_message_id": event.ses_message_id,
         "tagged_ids": _tagged_ids(event),
@@ -356,8 +337,7 @@ async def _apply_locked(
     """Soft bounces, and Deliveries that reset a count: the recipients are locked (in hash
     order, then the message), so concurrent feedback for one address counts one after the
     other. DUPLICATE also for a repeat of a soft bounce already counted (same feedbackId)."""
-    claim = _CLAIM_SNS_MESSAGE
-    if await connection.fetchval(claim.sql, *claim.args(_claim_values(message, event))) is None:
+    if not await record_sns_message(connection, message=message, outcome=SnsOutcome.APPLIED):
         return SnsOutcome.DUPLICATE
     hashes = target.hashes
     if event.is_soft_bounce:

@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import driver_connection
@@ -158,30 +157,20 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
         raise SnsRefused("the SNS message did not verify", code=exc.reason) from exc
 
     kind = message["Type"]
-    if kind == "Notification":
-        # The hot path: asyncpg's own connection, committed when apply_notification returns.
-        async with driver_connection(request.app.state.engine) as connection:
+    async with driver_connection(request.app.state.engine) as connection:
+        if kind == "Notification":
+            # The hot path: committed when apply_notification returns.
             outcome = await feedback.apply_notification(
                 connection,
                 message=message,
                 secret=settings.address_hash_secret.get_secret_value(),
                 now=datetime.now(UTC),
             )
-    else:
-        outcome = await _subscription(request, message)
-    SNS_MESSAGES.labels(outcome=outcome).inc()
-    return SnsReceipt(message_id=message["MessageId"], outcome=outcome)
-
-
-async def _subscription(request: Request, message: dict[str, Any]) -> SnsOutcome:
-    """SubscriptionConfirmation (confirmed) or UnsubscribeConfirmation (recorded only)."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        if message["Type"] == "SubscriptionConfirmation":
+        elif kind == "SubscriptionConfirmation":
             outcome = await service.confirm_subscription(
-                session, message=message, http=request.app.state.http
+                connection, message=message, http=request.app.state.http
             )
         else:
-            outcome = await service.record_unsubscribe_confirmation(session, message=message)
-        await session.commit()
-    return outcome
+            outcome = await service.record_unsubscribe_confirmation(connection, message=message)
+    SNS_MESSAGES.labels(outcome=outcome).inc()
+    return SnsReceipt(message_id=message["MessageId"], outcome=outcome)

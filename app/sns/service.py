@@ -1,7 +1,8 @@
 """SNS subscription messages, and the record that applies each SNS MessageId once.
 
-Notifications (the SES events themselves) are applied by ``app.sns.feedback``. These run in
-the request's session and never commit (the router does).
+Notifications (the SES events themselves) are applied by ``app.sns.feedback``. Everything
+here runs on asyncpg's own connection (``app.db.driver_connection``), one autocommitted
+statement at a time: no transaction is held open while SNS is fetched.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from enum import StrEnum
 from typing import Any, Final
 
 import httpx
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import NamedStatement
 from app.errors import AppError
-from app.models import SnsMessage
 from app.sns.signature import SnsVerificationError, check_subscribe_url
 
 log = logging.getLogger(__name__)
@@ -46,45 +44,58 @@ class SubscribeUrlRefused(AppError):
 
 # -- de-duplication -------------------------------------------------------------------------
 
+CLAIM_SNS_MESSAGE = NamedStatement.of(
+    """
+    INSERT INTO sns_message (message_id, type, topic_arn, outcome)
+    VALUES (:message_id, :type, :topic_arn, :outcome)
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING true
+    """
+)
+
+
+def claim_values(message: Mapping[str, Any], outcome: SnsOutcome) -> dict[str, Any]:
+    """The parameters of ``CLAIM_SNS_MESSAGE`` (also of the SNS apply path's own claim)."""
+    return {
+        "message_id": message["MessageId"],
+        "type": message["Type"],
+        "topic_arn": message["TopicArn"],
+        "outcome": outcome.value,
+    }
+
 
 async def record_sns_message(
-    session: AsyncSession, *, message: Mapping[str, Any], outcome: SnsOutcome
+    connection: Any, *, message: Mapping[str, Any], outcome: SnsOutcome
 ) -> bool:
     """Claim the MessageId; False when it was already applied (or is being, concurrently:
-    the insert waits for the other transaction and then finds it)."""
-    statement = (
-        insert(SnsMessage)
-        .values(
-            message_id=message["MessageId"],
-            type=message["Type"],
-            topic_arn=message["TopicArn"],
-            outcome=outcome.value,
-        )
-        .on_conflict_do_nothing(index_elements=[SnsMessage.message_id])
-        .returning(SnsMessage.message_id)
-    )
-    return (await session.execute(statement)).scalar_one_or_none() is not None
+    the insert waits for the other transaction and then finds it).
+
+    ``connection`` is asyncpg's (``app.db.driver_connection``).
+    """
+    values = claim_values(message, outcome)
+    claimed = await connection.fetchval(CLAIM_SNS_MESSAGE.sql, *CLAIM_SNS_MESSAGE.args(values))
+    return claimed is not None
 
 
-async def is_recorded(session: AsyncSession, *, message_id: str) -> bool:
-    found = await session.execute(
-        select(SnsMessage.message_id).where(SnsMessage.message_id == message_id)
+async def is_recorded(connection: Any, *, message_id: str) -> bool:
+    found = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM sns_message WHERE message_id = $1)", message_id
     )
-    return found.scalar_one_or_none() is not None
+    return bool(found)
 
 
 # -- subscription ---------------------------------------------------------------------------
 
 
 async def confirm_subscription(
-    session: AsyncSession, *, message: Mapping[str, Any], http: httpx.AsyncClient
+    connection: Any, *, message: Mapping[str, Any], http: httpx.AsyncClient
 ) -> SnsOutcome:
     """Confirm by fetching SubscribeURL (only an SNS ConfirmSubscription URL for this topic)."""
     try:
         check_subscribe_url(message["SubscribeURL"], topic_arn=message["TopicArn"])
     except SnsVerificationError as exc:
         raise SubscribeUrlRefused("SubscribeURL is not an SNS confirmation URL") from exc
-    if await is_recorded(session, message_id=message["MessageId"]):
+    if await is_recorded(connection, message_id=message["MessageId"]):
         return SnsOutcome.DUPLICATE
     try:
         response = await http.get(
@@ -110,7 +121,7 @@ async def confirm_subscription(
             },
         )
         raise SubscribeFailed(f"SNS answered {response.status_code} to the confirmation")
-    await record_sns_message(session, message=message, outcome=SnsOutcome.CONFIRMED)
+    await record_sns_message(connection, message=message, outcome=SnsOutcome.CONFIRMED)
     log.info(
         "SNS subscription confirmed",
         extra={"event": "sns_subscription_confirmed", "topic_arn": message["TopicArn"]},
@@ -119,10 +130,10 @@ async def confirm_subscription(
 
 
 async def record_unsubscribe_confirmation(
-    session: AsyncSession, *, message: Mapping[str, Any]
+    connection: Any, *, message: Mapping[str, Any]
 ) -> SnsOutcome:
     # Recorded, never followed: fetching its SubscribeURL would subscribe us again.
-    if not await record_sns_message(session, message=message, outcome=SnsOutcome.RECORDED):
+    if not await record_sns_message(connection, message=message, outcome=SnsOutcome.RECORDED):
         return SnsOutcome.DUPLICATE
     log.warning(
         "SNS says the subscription was removed; SES feedback stops arriving",
