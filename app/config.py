@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     ses_configuration_set: str | None = None
     max_send_rate: float | None = Field(default=None, gt=0)
     send_concurrency: int = Field(default=32, ge=1, le=1000)
+    # How long a claimed mail stays one worker's before another may take it over (a worker
+    # that died). Claims hold about a second of sending, so this only needs to outlast one
+    # slow SES call.
+    send_lease_seconds: float = Field(default=60.0, ge=2.0, le=3600.0)
     sns_topic_arns: CommaList = []
     sns_cert_dir: Path | None = None
     sns_max_age_seconds: int = Field(default=3900, ge=0)

@@ -100,7 +100,7 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
                 pooled.invalidate()
 
 
-_NAMED = re.compile(r"(?<![:\w]):([a-z_]+)")
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,13 @@ class Message(Base):
             "next_attempt_at",
             postgresql_where=text("status IN ('queued', 'sending')"),
         ),
+        # The claim's lanes: pending mail of one category by due time (app/emails/outbox.py).
+        Index(
+            "ix_message_due_by_category",
+            "category",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+        ),
         # The reputation window: the most recent sends.
         Index("ix_message_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),
         # Held mail, released when the reputation guard lifts.
@@ -190,9 +197,14 @@ class SnsMessage(Base):
 
 
 class SendPacer(Base):
-    """One row: the next free send slot, shared by every worker so the sum stays under the rate."""
+    """One row, the gate every worker claims through: the next free send slot (so the sum
+    stays under the rate), and whether SES errors about the account paused sending."""
 
     __tablename__ = "send_pacer"
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     next_slot_at: Mapped[datetime] = _now_column()
+    # Set while sending is paused (an SES error about the account); the next probe is due at
+    # paused_until.
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,11 @@ class Category(StrEnum):
     # Optional mail: an unsubscribe stops it.
     MATCHING = "matching"
 
+    @property
+    def optional(self) -> bool:
+        """An unsubscribe (opt-out) stops this category; suppression stops every one."""
+        return self in OPTIONAL_CATEGORIES
+
 
 OPTIONAL_CATEGORIES = frozenset({Category.MATCHING})
 

@@ -1,6 +1,6 @@
 """Handing a rendered mail to SES (or, in development, to a local mailbox).
 
-``classify_ses_error`` is the one place that decides retry versus give up.
+``classify_ses_error`` is the one place that decides retry, pause or give up.
 """
 
 from __future__ import annotations
@@ -23,39 +23,56 @@ log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
-    RETRY = "retry"  # try again later: nothing is wrong with the mail
+    RETRY = "retry"  # try again later: nothing is known to be wrong with the mail
     THROTTLED = "throttled"  # retry, and SES asks us to slow down
-    PAUSED = "paused"  # the account cannot send now; retry without counting against the mail
+    PAUSED = "paused"  # about the account, not the mail: stop every worker until SES takes mail
     PERMANENT = "permanent"  # SES will never take this mail: fail it with the reason
 
 
-# SES v2 error codes (https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_SendEmail.html).
+# SES v2 error codes (https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_SendEmail.html)
+# and the errors every AWS API answers for credentials and signatures.
 _THROTTLED = {
     "TooManyRequestsException",
     "Throttling",
     "ThrottlingException",
-    "LimitExceededException",
 }
-_PAUSED = {"SendingPausedException", "AccountSuspendedException"}
-_PERMANENT = {
-    "MessageRejected",
+# The account, its credentials or its configuration: every mail would fail the same way, and
+# an operator can mend it (a policy, a key, a configuration set, SES's own review).
+_ACCOUNT = {
+    "SendingPausedException",
+    "AccountSuspendedException",
     "MailFromDomainNotVerifiedException",
-    "BadRequestException",
+    "LimitExceededException",  # the daily sending quota
+    "AccessDeniedException",
+    "AccessDenied",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "RequestExpired",
+    "NotFoundException",  # a configuration set that does not exist
+}
+# This mail: SES will never take it as it is.
+_MESSAGE = {
+    "MessageRejected",
     "InvalidParameterValue",
-    "NotFoundException",
+    "BadRequestException",
 }
 
 
 def classify_ses_error(code: str, http_status: int | None) -> Outcome:
+    """Sort an SES error by scope: the mail (fail it), the account (pause sending), or
+    neither known (retry with backoff; an unlisted error never fails mail)."""
     if code in _THROTTLED or http_status == 429:
         return Outcome.THROTTLED
-    if code in _PAUSED:
+    if code in _ACCOUNT or http_status in (401, 403):
         return Outcome.PAUSED
-    if code in _PERMANENT:
+    if code in _MESSAGE:
         return Outcome.PERMANENT
-    if http_status is not None and 400 <= http_status < 500:
-        return Outcome.PERMANENT
-    # 5xx, unknown codes without a status: SES's side, worth another try.
     return Outcome.RETRY
 
 

@@ -1,34 +1,35 @@
-"""The outbox worker: claims due mails, re-checks the rules, sends at the shared rate, records.
+"""The outbox worker: claims due mail, checks it right before SendEmail, sends at the shared
+rate, records what happened.
 
-Any number of workers share one database: claims use ``FOR UPDATE SKIP LOCKED`` and a lease
-(``next_attempt_at`` moves ahead while a mail is being sent), so a worker that dies mid-send
-only delays its mails until the lease runs out.
+Any number of workers share one database; the statements, and how claims are fenced, sized
+and ordered, are in ``app.emails.outbox``. A worker that dies mid-send delays its mails only
+until their lease runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import MailBackend, Settings
-from app.db import NamedStatement, driver_connection
-from app.emails.catalog import EMAIL_KINDS, OPTIONAL_CATEGORIES, Category
-from app.emails.pacer import reserve_slots
+from app.db import driver_connection
+from app.emails import outbox
+from app.emails.catalog import EMAIL_KINDS
+from app.emails.outbox import OUTBOX_CHANNEL, PROCESS_ORIGIN, Claim, Claimed, Result, Standing
 from app.emails.rendering import SenderInfo, render_email
 from app.emails.sender import Outcome, OutgoingMail, Sender, SendError
-from app.emails.service import OUTBOX_CHANNEL, PROCESS_ORIGIN
 from app.models import MessageStatus
+from app.ops.alerts import post_alert
 from app.ops.metrics import (
     EMAILS_FAILED,
     EMAILS_SENT,
@@ -36,7 +37,7 @@ from app.ops.metrics import (
     SEND_RETRIES,
     SES_CALL_LATENCY,
 )
-from app.ops.reputation import ReputationWatch
+from app.ops.reputation import REPUTATION_CHANNEL, ReputationWatch
 from app.ops.retention import purge_forever
 from app.recipients.addresses import mask_address
 from app.unsubscribe.tokens import UnsubscribeClaim, make_token
@@ -44,102 +45,28 @@ from app.unsubscribe.tokens import UnsubscribeClaim, make_token
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LEASE = timedelta(seconds=60)
-# Mail without a link lifetime is retried for a day at most, then failed.
+# Mail without a link lifetime is tried for a day at most (the operator's window to mend an
+# account SES paused), then failed with the last error.
 MAX_RETRY_AGE = timedelta(hours=24)
 # Backoff cap: once SES is back, every waiting mail goes out within this (plus jitter).
 MAX_BACKOFF_SECONDS = 30.0
-PAUSED_RETRY_SECONDS = 60.0
+# While SES refuses the account, one mail is tried this often; the first that goes out
+# resumes sending.
+PROBE_SECONDS = 10.0
+# A claim books at most this much of the shared pacing ahead: a password reset behind a
+# backlog waits for about this plus its own slot.
+CLAIM_HORIZON_SECONDS = 1.0
+# Mails whose slots fall within this of each other share one pre-send check.
+CHECK_GROUP_SECONDS = 0.05
 RATE_REFRESH_SECONDS = 300.0
+# While SES says the account cannot send (GetAccount), the worker looks again this often.
+ACCOUNT_PAUSED_WAIT_SECONDS = 60.0
 FALLBACK_RATE = 1.0
 MAILBOX_RATE = 100.0
 # Slots are spaced for 98 % of the rate: a send that leaves late (a slow render, a busy
 # event loop) bunches with the next ones, and SES must still never see more than its rate
 # over any window (measured: 14.1/s over 10 s at 100 %; bench/README.md).
 PACING_MARGIN = 0.98
-
-# One statement, run on asyncpg's connection in autocommit (app.db.driver_connection): it
-# is on the way from accept to SES, where SQLAlchemy's transaction (BEGIN, statement, COMMIT)
-# tripled the round trips and their waits behind other work in the process.
-_CLAIM = NamedStatement.of(
-    """
-    WITH due AS (
-        SELECT id FROM message
-        WHERE status IN ('queued', 'sending') AND next_attempt_at <= now()
-        ORDER BY next_attempt_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    UPDATE message AS m
-    SET status = 'sending', attempts = m.attempts + 1,
-        next_attempt_at = now() + make_interval(secs => :lease), updated_at = now()
-    FROM due WHERE m.id = due.id
-    RETURNING m.id, m.kind, m.category, m.recipient_id, m.to_address, m.params, m.expires_at,
-        m.attempts, m.created_at,
-        (SELECT s.reason FROM suppression s JOIN recipient r ON r.address_hash = s.address_hash
-         WHERE r.id = m.recipient_id) AS suppressed,
-        EXISTS (SELECT 1 FROM opt_out o
-                WHERE o.recipient_id = m.recipient_id AND o.category = m.category) AS opted_out
-    """
-)
-
-# The outcomes of a batch and their history, in one statement (one round trip, one
-# transaction) on asyncpg's connection: at a hundred mails a second each batch is one mail,
-# and SQLAlchemy's transaction around two statements cost nearly as much CPU as the send.
-_FINISH = NamedStatement.of(
-    """
-    WITH outcome AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:statuses AS text[]),
-            CAST(:next_attempts AS timestamptz[]), CAST(:ses_message_ids AS text[]),
-            CAST(:last_errors AS text[]), CAST(:kinds AS text[]), CAST(:details AS text[])
-        ) AS o(id, status, next_attempt_at, ses_message_id, last_error, kind, detail)
-    ),
-    finished AS (
-        UPDATE message AS m SET status = o.status, next_attempt_at = o.next_attempt_at,
-            ses_message_id = COALESCE(o.ses_message_id, m.ses_message_id),
-            last_error = o.last_error,
-            sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,
-            updated_at = now()
-        FROM outcome AS o
-        WHERE m.id = o.id AND m.status = 'sending'
-    )
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT id, kind, detail, 'worker' FROM outcome
-    """
-)
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: uuid.UUID
-    kind: str
-    category: str
-    recipient_id: int
-    to_address: str | None
-    params: dict[str, str] | None
-    expires_at: datetime | None
-    attempts: int
-    created_at: datetime
-    suppressed: str | None
-    opted_out: bool
-
-
-@dataclass(frozen=True)
-class Result:
-    message_id: uuid.UUID
-    status: MessageStatus
-    event: str
-    detail: str | None = None
-    ses_message_id: str | None = None
-    next_attempt_at: datetime | None = None
-
-
-def _claimed(row: Mapping[str, Any]) -> Claimed:
-    fields = dict(row)
-    if isinstance(fields["params"], str):  # jsonb arrives as text on the driver connection
-        fields["params"] = json.loads(fields["params"])
-    return Claimed(**fields)
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -163,6 +90,8 @@ class Worker:
         batch_size: int = 100,
         poll_seconds: float = 1.0,
         reputation: ReputationWatch | None = None,
+        http: httpx.AsyncClient | None = None,
+        probe_seconds: float = PROBE_SECONDS,
     ) -> None:
         self.engine = engine
         self.sender = sender
@@ -171,6 +100,9 @@ class Worker:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.reputation = reputation
+        self.http = http
+        self.probe_seconds = probe_seconds
+        self.lease = settings.send_lease_seconds
         self.rate = settings.max_send_rate or FALLBACK_RATE
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_count = 0
@@ -207,193 +139,261 @@ class Worker:
         log.info("send rate %s/s", self.rate, extra={"event": "send_rate", "rate": self.rate})
         return self.rate
 
+    @property
+    def paced_rate(self) -> float:
+        return self.rate * PACING_MARGIN
+
     # -- one round ------------------------------------------------------------------------
 
-    async def claim(self, limit: int) -> list[Claimed]:
+    async def claim(self, limit: int) -> Claim:
         async with driver_connection(self.engine) as conn:
-            rows = await conn.fetch(
-                _CLAIM.sql, *_CLAIM.args({"limit": limit, "lease": LEASE.total_seconds()})
+            return await outbox.claim(
+                conn,
+                limit=limit,
+                rate=self.paced_rate,
+                horizon=CLAIM_HORIZON_SECONDS,
+                lease=self.lease,
+                probe=self.probe_seconds,
             )
-        return [_claimed(row) for row in rows]
 
-    async def process(self, batch: list[Claimed]) -> None:
-        """Send a claimed batch at the shared rate and record every outcome."""
-        now = datetime.now(UTC)
+    def claim_wait(self, claim: Claim) -> float:
+        """How long to wait before claiming again after a claim the gate gave no room."""
+        if claim.pause_reason is not None:
+            return max(0.05, min(claim.paused_for, self.probe_seconds))
+        # Claim again once about half the horizon (or at least one slot) has been sent.
+        refill = max(CLAIM_HORIZON_SECONDS / 2, 1 / self.paced_rate)
+        return max(0.02, claim.first_slot - (CLAIM_HORIZON_SECONDS - refill))
+
+    async def process(self, claim: Claim) -> None:
+        """Send a claim's mails in their slots, each checked right before, and record all."""
+        loop = asyncio.get_running_loop()
+        start = loop.time() + claim.first_slot
+        rate = self.paced_rate
+        slots = [(start + i / rate, mail) for i, mail in enumerate(claim.mails)]
         results: list[Result] = []
-        sendable: list[Claimed] = []
-        for message in batch:
-            verdict = self._verdict(message, now)
-            if verdict is None:
-                sendable.append(message)
-            else:
-                results.append(verdict)
-        if sendable:
-            rate = self.rate * PACING_MARGIN
-            # Tried again while the database is away: a batch dropped here would wait for
-            # its lease (a minute) before any worker sent it.
-            first = await _retrying(
-                lambda: reserve_slots(self.engine, count=len(sendable), rate=rate),
-                within=LEASE.total_seconds() / 2,
-            )
-            loop = asyncio.get_running_loop()
-            start = loop.time() + first
-            results.extend(
-                await asyncio.gather(
-                    *(self._send_at(m, start + i / rate) for i, m in enumerate(sendable))
-                )
-            )
-        await self._record(results)
-        _count(results, kinds={m.id: m.kind for m in batch})
+        sends: list[asyncio.Task[Result]] = []
+        while slots:
+            lead = slots[0][0] - CHECK_GROUP_SECONDS - loop.time()
+            if lead > 0:
+                await asyncio.sleep(lead)
+            horizon = loop.time() + CHECK_GROUP_SECONDS
+            group = [slot for slot in slots if slot[0] <= horizon]
+            slots = slots[len(group) :]
+            standings = await self._check([mail for _, mail in group])
+            now = datetime.now(UTC)
+            for when, mail in group:
+                standing = standings.get(mail.id)
+                if standing is None:
+                    _log_lost(mail.id, "before sending")
+                    continue
+                stopped = self._stopped(mail, standing, now)
+                if stopped is not None:
+                    results.append(stopped)
+                else:
+                    sends.append(asyncio.create_task(self._send_at(mail, when)))
+        results.extend(await asyncio.gather(*sends))
+        recorded = await self._record(results)
+        await self._gate(claim, results)
+        _count([r for r in results if r.message_id in recorded], claim.mails)
 
-    def _verdict(self, message: Claimed, now: datetime) -> Result | None:
-        """A result without sending (expired, suppressed, opted out), or None to send."""
-        if message.expires_at is not None and message.expires_at <= now:
-            return Result(message.id, MessageStatus.EXPIRED, "expired", "the link expired")
-        if message.suppressed is not None:
-            return Result(
-                message.id, MessageStatus.FAILED, "blocked", f"suppressed: {message.suppressed}"
+    async def _check(self, mails: Sequence[Claimed]) -> dict[uuid.UUID, Standing]:
+        async def check() -> dict[uuid.UUID, Standing]:
+            async with driver_connection(self.engine) as conn:
+                return await outbox.check_before_send(conn, mails=mails)
+
+        # Tried again while the database is away, within a part of the lease.
+        return await _retrying(check, within=self.lease / 4)
+
+    def _stopped(self, mail: Claimed, standing: Standing, now: datetime) -> Result | None:
+        """A result without sending (expired, suppressed, opted out, held, given up), or None
+        to send: the rules as they stand right before SendEmail."""
+
+        def result(status: MessageStatus, event: str, detail: str | None) -> Result:
+            return Result(mail.id, mail.attempt, status, event, detail, next_attempt_at=now)
+
+        if standing.expires_at is not None and standing.expires_at <= now:
+            return result(MessageStatus.EXPIRED, "expired", "the link expired")
+        if standing.suppressed is not None:
+            return result(MessageStatus.FAILED, "blocked", f"suppressed: {standing.suppressed}")
+        if standing.opted_out and mail.category.optional:
+            return result(MessageStatus.FAILED, "blocked", f"opted_out: {mail.category}")
+        if standing.erased or mail.to_address is None or mail.params is None:
+            return result(MessageStatus.FAILED, "blocked", "recipient erased")
+        if self.reputation is not None and self.reputation.holds(mail.category):
+            return result(
+                MessageStatus.HELD, "held", "bounce or complaint rate over SES's review level"
             )
-        if message.opted_out and Category(message.category) in OPTIONAL_CATEGORIES:
-            return Result(
-                message.id, MessageStatus.FAILED, "blocked", f"opted_out: {message.category}"
-            )
-        if message.to_address is None or message.params is None:
-            return Result(message.id, MessageStatus.FAILED, "blocked", "recipient erased")
-        if self.reputation is not None and self.reputation.holds(message.category):
-            return Result(
-                message.id,
-                MessageStatus.HELD,
-                "held",
-                "bounce or complaint rate over SES's review level",
-                next_attempt_at=now,
-            )
+        if standing.expires_at is None and now >= mail.created_at + MAX_RETRY_AGE:
+            return result(MessageStatus.FAILED, "gave_up", standing.last_error or "not sent in 24h")
         return None
 
-    def unsubscribe_url(self, recipient_id: int, now: datetime) -> str:
+    def unsubscribe_url(self, mail: Claimed, now: datetime) -> str:
         claim = UnsubscribeClaim(
-            recipient_id=recipient_id, category=Category.MATCHING, issued_at=int(now.timestamp())
+            recipient_id=mail.recipient_id, category=mail.category, issued_at=int(now.timestamp())
         )
         secret = self.settings.unsubscribe_secret[0].get_secret_value()
         return f"{self.settings.public_base_url}/unsubscribe/{make_token(claim, secret=secret)}"
 
-    def render(self, message: Claimed, now: datetime) -> OutgoingMail:
-        assert message.to_address is not None and message.params is not None
+    def render(self, mail: Claimed, now: datetime) -> OutgoingMail:
+        assert mail.to_address is not None and mail.params is not None
         raw = render_email(
-            kind=EMAIL_KINDS[message.kind],
-            params=message.params,
-            to=message.to_address,
+            kind=EMAIL_KINDS[mail.kind],
+            params=mail.params,
+            to=mail.to_address,
             from_address=self.settings.from_address,
-            unsubscribe_url=self.unsubscribe_url(message.recipient_id, now),
+            unsubscribe_url=self.unsubscribe_url(mail, now),
             sender=self._sender_info,
             now=now,
         )
         return OutgoingMail(
             raw=raw,
-            to=message.to_address,
+            to=mail.to_address,
             from_address=self.settings.from_address,
-            tags={"tegami_id": str(message.id), "tegami_type": message.kind},
+            tags={"tegami_id": str(mail.id), "tegami_type": mail.kind},
         )
 
-    async def _send_at(self, message: Claimed, when: float) -> Result:
+    async def _send_at(self, mail: Claimed, when: float) -> Result:
         delay = when - asyncio.get_running_loop().time()
         if delay > 0:
             await asyncio.sleep(delay)
         now = datetime.now(UTC)
         try:
-            mail = self.render(message, now)
+            rendered = self.render(mail, now)
         except (KeyError, ValueError) as exc:
-            return Result(message.id, MessageStatus.FAILED, "send_failed", f"render: {exc}")
+            return Result(
+                mail.id, mail.attempt, MessageStatus.FAILED, "send_failed", f"render: {exc}"
+            )
         started = time.perf_counter()
         try:
-            ses_id = await self.sender.send(mail)
+            ses_id = await self.sender.send(rendered)
         except SendError as exc:
-            return self._after_error(message, exc, now)
+            return self._after_error(mail, exc, now)
         finally:
             SES_CALL_LATENCY.observe(time.perf_counter() - started)
-        SEND_LATENCY.observe((datetime.now(UTC) - message.created_at).total_seconds())
+        SEND_LATENCY.observe((datetime.now(UTC) - mail.created_at).total_seconds())
         log.info(
             "sent",
             extra={
                 "event": "email_sent",
-                "email_id": str(message.id),
-                "type": message.kind,
-                "to": mask_address(mail.to),
+                "email_id": str(mail.id),
+                "type": mail.kind,
+                "to": mask_address(rendered.to),
                 "ses_message_id": ses_id,
             },
         )
-        return Result(message.id, MessageStatus.SENT, "sent", ses_message_id=ses_id)
+        return Result(mail.id, mail.attempt, MessageStatus.SENT, "sent", ses_message_id=ses_id)
 
-    def _after_error(self, message: Claimed, exc: SendError, now: datetime) -> Result:
+    def _after_error(self, mail: Claimed, exc: SendError, now: datetime) -> Result:
         reason = f"{exc.code}: {exc.message}"[:1000]
         if exc.outcome is Outcome.PERMANENT:
             log.warning(
                 "SES refused a mail",
-                extra={"event": "email_failed", "email_id": str(message.id), "error": exc.code},
+                extra={"event": "email_failed", "email_id": str(mail.id), "error": exc.code},
             )
-            return Result(message.id, MessageStatus.FAILED, "send_failed", reason)
-        wait = (
-            PAUSED_RETRY_SECONDS
-            if exc.outcome is Outcome.PAUSED
-            else backoff_seconds(message.attempts)
-        )
+            return Result(mail.id, mail.attempt, MessageStatus.FAILED, "send_failed", reason)
+        if exc.outcome is Outcome.PAUSED:
+            # About the account, not the mail: it waits in the queue, and the gate stops
+            # every worker until a probe gets through (``_gate``).
+            wait = 0.0
+            event = "send_paused"
+        else:
+            wait = backoff_seconds(mail.attempt)
+            event = "send_retry"
         next_attempt = now + timedelta(seconds=wait)
-        if next_attempt >= retry_deadline(message):
-            status = MessageStatus.EXPIRED if message.expires_at else MessageStatus.FAILED
-            return Result(message.id, status, "gave_up", reason)
+        if next_attempt >= retry_deadline(mail):
+            status = MessageStatus.EXPIRED if mail.expires_at else MessageStatus.FAILED
+            return Result(mail.id, mail.attempt, status, "gave_up", reason)
         SEND_RETRIES.labels(outcome=exc.outcome.value).inc()
         log.info(
             "SES send will be retried",
             extra={
                 "event": "email_retry",
-                "email_id": str(message.id),
+                "email_id": str(mail.id),
                 "error": exc.code,
                 "retry_in": round(wait, 2),
             },
         )
+        detail = (
+            f"{reason} (sending paused)" if wait == 0 else f"{reason} (next attempt in {wait:.1f}s)"
+        )
         return Result(
-            message.id,
-            MessageStatus.QUEUED,
-            "send_retry",
-            f"{reason} (next attempt in {wait:.1f}s)",
-            next_attempt_at=next_attempt,
+            mail.id, mail.attempt, MessageStatus.QUEUED, event, detail, next_attempt_at=next_attempt
         )
 
-    async def _record(self, results: list[Result]) -> None:
+    async def _record(self, results: list[Result]) -> set[uuid.UUID]:
         """Write the outcomes; retried for a while, because a mail sent but not recorded
         would be sent again when its lease runs out."""
         if not results:
-            return
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {
-            "ids": [r.message_id for r in results],
-            "statuses": [r.status.value for r in results],
-            "next_attempts": [r.next_attempt_at or now for r in results],
-            "ses_message_ids": [r.ses_message_id for r in results],
-            "last_errors": [None if r.status is MessageStatus.SENT else r.detail for r in results],
-            "kinds": [r.event for r in results],
-            "details": [r.ses_message_id or r.detail for r in results],
-        }
-        delay = 0.5
-        deadline = asyncio.get_running_loop().time() + LEASE.total_seconds() / 2
-        while True:
-            try:
+            return set()
+
+        async def finish() -> set[uuid.UUID]:
+            async with driver_connection(self.engine) as conn:
+                return await outbox.finish(conn, results=results, now=datetime.now(UTC))
+
+        try:
+            recorded = await _retrying(finish, within=self.lease / 2)
+        except Exception:
+            log.exception("could not record send results", extra={"event": "record_failed"})
+            return set()
+        for result in results:
+            if result.message_id not in recorded:
+                _log_lost(result.message_id, f"after it was {result.event}")
+        return recorded
+
+    async def _gate(self, claim: Claim, results: list[Result]) -> None:
+        """Pause sending for every worker on an error about the account; resume when a probe
+        went out."""
+        paused = next((r for r in results if r.event == "send_paused"), None)
+        try:
+            if paused is not None:
                 async with driver_connection(self.engine) as conn:
-                    await conn.execute(_FINISH.sql, *_FINISH.args(values))
-                return
-            except Exception:
-                if asyncio.get_running_loop().time() > deadline:
-                    log.exception("could not record send results", extra={"event": "record_failed"})
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                    started = await outbox.pause_sending(
+                        conn, reason=paused.detail or "paused", probe=self.probe_seconds
+                    )
+                if started:
+                    log.error(
+                        "SES refuses to send for this account; sending paused, probing every %ss",
+                        self.probe_seconds,
+                        extra={"event": "ses_sending_paused", "reason": paused.detail},
+                    )
+                    await post_alert(
+                        self.http,
+                        self.settings.alert_webhook_url,
+                        f":rotating_light: tegami paused sending: SES said {paused.detail}. "
+                        "Mail waits in the queue; sending resumes by itself once SES takes "
+                        "a mail again.",
+                    )
+            elif claim.probing and any(r.status is MessageStatus.SENT for r in results):
+                async with driver_connection(self.engine) as conn:
+                    reason = await outbox.resume_sending(conn)
+                if reason is not None:
+                    log.warning(
+                        "SES takes mail again; sending resumed",
+                        extra={"event": "ses_sending_resumed", "reason": reason},
+                    )
+                    await post_alert(
+                        self.http,
+                        self.settings.alert_webhook_url,
+                        ":white_check_mark: tegami resumed sending: SES takes mail again.",
+                    )
+                    self.wake.set()
+        except Exception as exc:  # the database is away: the next error or probe tries again
+            log.warning("could not set the send gate", extra={"error": repr(exc)})
 
     async def drain(self) -> int:
-        """Process until nothing is due now (tests, one-off runs). Returns how many were handled."""
+        """Process until nothing is due now (tests, one-off runs). Returns how many were handled.
+
+        Waits while the pacer is booked ahead; returns at once while sending is paused."""
         handled = 0
-        while batch := await self.claim(self.batch_size):
-            await self.process(batch)
-            handled += len(batch)
-        return handled
+        while True:
+            claim = await self.claim(self.batch_size)
+            if claim.mails:
+                await self.process(claim)
+                handled += len(claim.mails)
+            elif claim.room == 0 and claim.pause_reason is None:
+                await asyncio.sleep(self.claim_wait(claim))
+            else:
+                return handled
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -427,18 +427,16 @@ class Worker:
         errors = 0
         while not stopping.is_set():
             if self.reputation is not None and self.reputation.account_paused:
-                # SES says the account cannot send: wait, fail nothing.
-                await self._pause(stopping, PAUSED_RETRY_SECONDS)
+                # SES's GetAccount says the account cannot send: wait, fail nothing.
+                await self._pause(stopping, ACCOUNT_PAUSED_WAIT_SECONDS)
                 continue
-            # Claim no more than can be sent now: concurrency room, and about a second of rate.
             room = self.settings.send_concurrency - self._in_flight_count
             if room <= 0:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             self.wake.clear()
-            limit = max(1, min(self.batch_size, room, int(self.rate)))
             try:
-                batch = await self.claim(limit)
+                claim = await self.claim(min(self.batch_size, room))
                 errors = 0
             except Exception as exc:
                 errors += 1
@@ -447,21 +445,25 @@ class Worker:
                 )
                 await self._pause(stopping, min(30.0, 0.5 * 2**errors))
                 continue
-            if batch:
-                self._start(batch)
-            if len(batch) < limit:
+            if claim.mails:
+                self._start(claim)
+            if claim.room == 0:
+                # The pacer is booked ahead (or sending is paused): new mail cannot go sooner.
+                await _first_of(stopping, within=self.claim_wait(claim))
+            elif len(claim.mails) < claim.room:
                 # Nothing more was due: wait for new mail (or the poll) rather than claim
                 # again at once, which at a steady trickle doubled the claims.
                 await self._pause(stopping, self.poll_seconds)
 
-    def _start(self, batch: list[Claimed]) -> None:
-        self._in_flight_count += len(batch)
-        task = asyncio.create_task(self.process(batch))
+    def _start(self, claim: Claim) -> None:
+        count = len(claim.mails)
+        self._in_flight_count += count
+        task = asyncio.create_task(self.process(claim))
         self._in_flight.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._in_flight.discard(finished)
-            self._in_flight_count -= len(batch)
+            self._in_flight_count -= count
             if not finished.cancelled() and finished.exception() is not None:
                 log.error("batch failed", exc_info=finished.exception())
 
@@ -477,11 +479,16 @@ class Worker:
             await self.refresh_rate()
 
     async def _listen(self, stopping: asyncio.Event) -> None:
-        """LISTEN for mail accepted by other replicas; reconnects when the database drops."""
+        """LISTEN for mail accepted by other replicas, and for their reputation verdicts;
+        reconnects when the database drops."""
 
-        def notified(_conn: object, _pid: int, _channel: str, origin: object) -> None:
+        def new_mail(_conn: object, _pid: int, _channel: str, origin: object) -> None:
             if origin != PROCESS_ORIGIN:
                 self.wake.set()
+
+        def reputation_changed(_conn: object, _pid: int, _channel: str, origin: object) -> None:
+            if origin != PROCESS_ORIGIN and self.reputation is not None:
+                self.reputation.nudge()
 
         while not stopping.is_set():
             try:
@@ -490,17 +497,27 @@ class Worker:
                     assert raw is not None
                     closed = asyncio.Event()
                     raw.add_termination_listener(lambda _conn, done=closed: done.set())
-                    await raw.add_listener(OUTBOX_CHANNEL, notified)
+                    await raw.add_listener(OUTBOX_CHANNEL, new_mail)
+                    await raw.add_listener(REPUTATION_CHANNEL, reputation_changed)
                     try:
                         await _first_of(stopping, closed)
                     finally:
                         if not raw.is_closed():
-                            await raw.remove_listener(OUTBOX_CHANNEL, notified)
+                            await raw.remove_listener(OUTBOX_CHANNEL, new_mail)
+                            await raw.remove_listener(REPUTATION_CHANNEL, reputation_changed)
             except Exception as exc:
                 log.info(
                     "LISTEN connection lost", extra={"event": "listen_lost", "error": repr(exc)}
                 )
                 await asyncio.sleep(2.0)
+
+
+def _log_lost(message_id: uuid.UUID, when: str) -> None:
+    log.warning(
+        "lost the mail to another worker (its lease ran out); left it alone %s",
+        when,
+        extra={"event": "email_claim_lost", "email_id": str(message_id)},
+    )
 
 
 async def _retrying(operation: Callable[[], Awaitable[T]], *, within: float) -> T:
@@ -527,7 +544,8 @@ async def _first_of(*events: asyncio.Event, within: float | None = None) -> None
             waiter.cancel()
 
 
-def _count(results: list[Result], *, kinds: dict[uuid.UUID, str]) -> None:
+def _count(results: list[Result], mails: list[Claimed]) -> None:
+    kinds = {m.id: m.kind for m in mails}
     for result in results:
         kind = kinds.get(result.message_id, "unknown")
         if result.status is MessageStatus.SENT:

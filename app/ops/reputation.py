@@ -32,13 +32,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.emails import outbox
 from app.emails.catalog import OPTIONAL_CATEGORIES
+from app.ops.alerts import post_alert
 from app.ops.metrics import BOUNCE_RATE, COMPLAINT_RATE, read_outbox
 
 if TYPE_CHECKING:
     from app.emails.sender import Sender
 
 log = logging.getLogger(__name__)
+
+# A verdict changed in one replica: the others evaluate at once (payload: the process).
+REPUTATION_CHANNEL = "tegami_reputation"
 
 BOUNCE_REVIEW = 0.05
 BOUNCE_PAUSE = 0.10
@@ -119,33 +124,6 @@ _RATES = text(
 )
 
 
-# Optional mail waits as `held` while the guard holds, and goes back to the queue after.
-_HOLD = text(
-    """
-    WITH held AS (
-        UPDATE message SET status = 'held', updated_at = now()
-        WHERE status = 'queued' AND category = ANY(:categories)
-        RETURNING id
-    )
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT id, 'held', 'bounce or complaint rate over SES''s review level', 'reputation_guard'
-    FROM held
-    """
-)
-_RELEASE = text(
-    """
-    WITH released AS (
-        UPDATE message SET status = 'queued', next_attempt_at = now(), updated_at = now()
-        WHERE status = 'held'
-        RETURNING id
-    )
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT id, 'released', 'rates back under the review level', 'reputation_guard'
-    FROM released
-    """
-)
-
-
 async def read_rates(engine: AsyncEngine, *, window: int) -> Rates:
     async with engine.connect() as conn:
         row = (await conn.execute(_RATES, {"window": window})).one()
@@ -176,6 +154,8 @@ class ReputationWatch:
     # Called when held mail goes back to the queue (wakes the worker).
     on_release: Callable[[], None] | None = None
     _last_account_poll: float = 0.0
+    _evaluating: asyncio.Task[None] | None = None
+    _again: bool = False
 
     @property
     def holding(self) -> bool:
@@ -203,13 +183,40 @@ class ReputationWatch:
         COMPLAINT_RATE.set(rates.complaint_rate)
         async with self.engine.begin() as conn:
             if verdict.hold:
-                await conn.execute(_HOLD, {"categories": sorted(OPTIONAL_CATEGORIES)})
+                await outbox.hold_optional(conn, categories=OPTIONAL_CATEGORIES)
             else:
-                released = await conn.execute(_RELEASE)
-                if released.rowcount and self.on_release is not None:
+                released = await outbox.release_held(conn)
+                if released and self.on_release is not None:
                     self.on_release()
+            if verdict.hold != previous.hold:
+                # Other replicas hold (or release) at once, not at their next round.
+                await conn.execute(
+                    text("SELECT pg_notify(:channel, :origin)"),
+                    {"channel": REPUTATION_CHANNEL, "origin": outbox.PROCESS_ORIGIN},
+                )
         await self._announce(previous, verdict)
         return verdict
+
+    def nudge(self) -> None:
+        """Evaluate now: a hard bounce or complaint was just applied (here or, through
+        NOTIFY, in another replica). Nudges that come while an evaluation runs make one more."""
+        if self._evaluating is not None and not self._evaluating.done():
+            self._again = True
+            return
+        self._evaluating = asyncio.get_running_loop().create_task(self._evaluate_nudged())
+
+    async def _evaluate_nudged(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.evaluate()
+            except Exception as exc:  # the 15 s round tries again
+                log.warning(
+                    "reputation check failed",
+                    extra={"event": "reputation_check_failed", "error": repr(exc)},
+                )
+            if not self._again:
+                return
 
     async def poll_account(self) -> AccountStatus:
         if self.sender is None:
@@ -313,21 +320,13 @@ class ReputationWatch:
             )
 
     async def _post_alert(self, name: str, level: Level, rate: float) -> None:
-        assert self.settings.alert_webhook_url is not None
         hold = " Matching notifications are held." if self.verdict.hold else ""
         message = (
             f":rotating_light: tegami {name} rate {rate:.2%} ({level.value}).{hold}"
             if level in (Level.ALERT, Level.CRITICAL)
             else f":white_check_mark: tegami {name} rate back below SES's review level: {rate:.2%}."
         )
-        try:
-            client = self.http or httpx.AsyncClient(timeout=5.0)
-            response = await client.post(self.settings.alert_webhook_url, json={"text": message})
-            response.raise_for_status()
-        except Exception as exc:
-            log.warning(
-                "alert webhook failed", extra={"event": "alert_webhook_failed", "error": repr(exc)}
-            )
+        await post_alert(self.http, self.settings.alert_webhook_url, message)
 
     async def _emit_emf(self) -> None:
         depth, age = await read_outbox(self.engine)

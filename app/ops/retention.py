@@ -15,37 +15,15 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.emails import outbox
+from app.sns import service as sns_service
 
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_SECONDS = 600.0
 BATCH = 1000
-
-_DROP_PARAMS = text(
-    """
-    UPDATE message SET params = NULL, updated_at = now()
-    WHERE params IS NOT NULL AND (
-        status IN ('expired', 'failed', 'delivered', 'bounced', 'complained')
-        OR (status = 'sent' AND (
-            expires_at < now()
-            OR (expires_at IS NULL AND sent_at < now() - interval '72 hours')))
-    )
-    """
-)
-_DELETE_MESSAGES = text(
-    """
-    DELETE FROM message WHERE id IN (
-        SELECT id FROM message
-        WHERE created_at < now() - make_interval(days => :days)
-          AND status NOT IN ('queued', 'sending', 'held')
-        ORDER BY created_at
-        LIMIT :batch
-    )
-    """
-)
-_DELETE_SNS = text("DELETE FROM sns_message WHERE received_at < now() - interval '30 days'")
 
 
 @dataclass(frozen=True)
@@ -57,15 +35,13 @@ class Purged:
 
 async def purge(engine: AsyncEngine, *, retention_days: int) -> Purged:
     async with engine.begin() as conn:
-        params = (await conn.execute(_DROP_PARAMS)).rowcount
-        sns = (await conn.execute(_DELETE_SNS)).rowcount
+        params = await outbox.drop_spent_params(conn)
+        sns = await sns_service.forget_old_message_ids(conn)
     messages = 0
     # Old mail in batches, each its own transaction, so a large backlog never holds locks long.
     while True:
         async with engine.begin() as conn:
-            deleted = (
-                await conn.execute(_DELETE_MESSAGES, {"days": retention_days, "batch": BATCH})
-            ).rowcount
+            deleted = await outbox.delete_old(conn, days=retention_days, batch=BATCH)
         messages += deleted
         if deleted < BATCH:
             break

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -213,13 +213,39 @@ def event_cause(event: SesEvent, *, sns_message_id: str) -> str:
 
 
 async def apply_notification(
-    connection: Any, *, message: Mapping[str, Any], secret: str, now: datetime
+    connection: Any,
+    *,
+    message: Mapping[str, Any],
+    secret: str,
+    now: datetime,
+    on_reputation_event: Callable[[], None] | None = None,
 ) -> SnsOutcome:
     """Apply one verified Notification, once per SNS MessageId; committed when it returns.
 
     ``connection`` is asyncpg's (``app.db.driver_connection``), outside any transaction.
+    ``on_reputation_event`` is called once a hard bounce or a complaint is committed: they
+    move the rates SES reviews the account by.
     """
     event = read_ses_event(message["Message"])
+    outcome = await _apply_event(connection, event, message=message, secret=secret, now=now)
+    if (
+        outcome is SnsOutcome.APPLIED
+        and on_reputation_event is not None
+        and event is not None
+        and (event.kind is EventKind.COMPLAINT or event.is_hard_bounce)
+    ):
+        on_reputation_event()
+    return outcome
+
+
+async def _apply_event(
+    connection: Any,
+    event: SesEvent | None,
+    *,
+    message: Mapping[str, Any],
+    secret: str,
+    now: datetime,
+) -> SnsOutcome:
     if event is None:
         # One statement: its own transaction.
         if not await record_sns_message(connection, message=message, outcome=SnsOutcome.IGNORED):

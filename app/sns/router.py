@@ -165,6 +165,7 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
                 message=message,
                 secret=settings.address_hash_secret.get_secret_value(),
                 now=datetime.now(UTC),
+                on_reputation_event=request.app.state.reputation.nudge,
             )
         elif kind == "SubscriptionConfirmation":
             outcome = await service.confirm_subscription(

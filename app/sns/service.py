@@ -13,6 +13,8 @@ from enum import StrEnum
 from typing import Any, Final
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import NamedStatement
 from app.errors import AppError
@@ -140,3 +142,11 @@ async def record_unsubscribe_confirmation(
         extra={"event": "sns_unsubscribed", "topic_arn": message["TopicArn"]},
     )
     return SnsOutcome.RECORDED
+
+
+_FORGET_OLD = text("DELETE FROM sns_message WHERE received_at < now() - interval '30 days'")
+
+
+async def forget_old_message_ids(connection: AsyncConnection) -> int:
+    """SNS MessageIds only need to outlive SNS's retries (days): kept 30 days."""
+    return (await connection.execute(_FORGET_OLD)).rowcount

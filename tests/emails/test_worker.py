@@ -13,7 +13,6 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import create_engine
-from app.emails.pacer import reserve_slots
 from app.emails.sender import Outcome, classify_ses_error
 from app.emails.worker import MAX_BACKOFF_SECONDS, Worker
 from app.main import open_sender
@@ -207,18 +206,6 @@ async def test_configured_rate_wins_over_ses(
         assert await worker.refresh_rate() == 14.0
 
 
-async def test_send_slots_are_shared_so_workers_together_keep_the_rate(
-    engine: AsyncEngine,
-) -> None:
-    # Two workers reserving 10 slots each at 20/s: the second batch starts half a second later.
-    first = await reserve_slots(engine, count=10, rate=20.0)
-    second = await reserve_slots(engine, count=10, rate=20.0)
-    third = await reserve_slots(engine, count=10, rate=20.0)
-    assert first < 0.1
-    assert second == pytest.approx(first + 0.5, abs=0.1)
-    assert third == pytest.approx(first + 1.0, abs=0.1)
-
-
 async def test_every_attempt_is_on_the_record(
     client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
 ) -> None:
@@ -240,16 +227,29 @@ async def test_every_attempt_is_on_the_record(
     [
         ("TooManyRequestsException", 429, Outcome.THROTTLED),
         ("Throttling", 400, Outcome.THROTTLED),
+        # About the account, its credentials or configuration: sending pauses, no mail fails.
         ("SendingPausedException", 400, Outcome.PAUSED),
+        ("AccountSuspendedException", 400, Outcome.PAUSED),
+        ("MailFromDomainNotVerifiedException", 400, Outcome.PAUSED),
+        ("LimitExceededException", 400, Outcome.PAUSED),
+        ("AccessDeniedException", 403, Outcome.PAUSED),
+        ("ExpiredTokenException", 400, Outcome.PAUSED),
+        ("UnrecognizedClientException", 403, Outcome.PAUSED),
+        ("InvalidSignatureException", 403, Outcome.PAUSED),
+        ("SignatureDoesNotMatch", 403, Outcome.PAUSED),
+        ("RequestExpired", 400, Outcome.PAUSED),
+        ("InvalidClientTokenId", 403, Outcome.PAUSED),
+        ("NotFoundException", 404, Outcome.PAUSED),
+        ("SomethingNew", 403, Outcome.PAUSED),
+        # About this mail: it fails with SES's reason.
         ("MessageRejected", 400, Outcome.PERMANENT),
-        ("MailFromDomainNotVerifiedException", 400, Outcome.PERMANENT),
+        ("InvalidParameterValue", 400, Outcome.PERMANENT),
+        # SES's side, or nobody listed it: retried with backoff, never failed for it.
         ("InternalFailure", 500, Outcome.RETRY),
         ("ServiceUnavailable", 503, Outcome.RETRY),
-        ("SomethingNew", 400, Outcome.PERMANENT),
+        ("SomethingNew", 400, Outcome.RETRY),
         ("SomethingNew", None, Outcome.RETRY),
     ],
 )
-def test_ses_errors_are_sorted_into_retry_or_give_up(
-    code: str, status: int | None, outcome: Outcome
-) -> None:
+def test_ses_errors_are_sorted_by_scope(code: str, status: int | None, outcome: Outcome) -> None:
     assert classify_ses_error(code, status) is outcome

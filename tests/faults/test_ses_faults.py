@@ -1,6 +1,6 @@
-"""SES throttling, 5xx, a paused account and a slow SES: no mail lost, none sent twice, every
+"""SES throttling, 5xx and a slow SES: no mail lost, none sent twice, every
 retry counted in /metrics. (SES unreachable: tests/emails/test_worker.py and
-tests/ops/test_metrics.py.)
+tests/ops/test_metrics.py; errors about the account: tests/emails/test_send_path.py.)
 
 The SES here is :class:`tests.fake_ses.FakeSes`, over real HTTP: it answers the worker's
 SendEmail calls with scripted errors, or late.
@@ -14,7 +14,6 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.emails.worker import PAUSED_RETRY_SECONDS
 from tests.conditions import eventually
 from tests.conftest import AppFactory
 from tests.emails.test_router import body, drain
@@ -47,7 +46,7 @@ async def _retries(client: httpx.AsyncClient) -> dict[str, float]:
     }
 
 
-async def test_throttling_5xx_and_a_paused_account_are_retried_until_each_mail_is_sent_once(
+async def test_throttling_and_5xx_are_retried_until_each_mail_is_sent_once(
     client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: FakeSes
 ) -> None:
     before = await _retries(client)
@@ -56,7 +55,6 @@ async def test_throttling_5xx_and_a_paused_account_are_retried_until_each_mail_i
         Answer.THROTTLED,
         Answer.INTERNAL_ERROR,
         Answer.UNAVAILABLE,
-        Answer.PAUSED,
         Answer.THROTTLED,
         Answer.INTERNAL_ERROR,
     )
@@ -70,10 +68,8 @@ async def test_throttling_5xx_and_a_paused_account_are_retried_until_each_mail_i
             await conn.execute(text("SELECT last_error, next_attempt_at - now() FROM message"))
         ).all()
     for error, wait in waits:
-        if error.startswith("SendingPausedException"):
-            assert wait > timedelta(seconds=PAUSED_RETRY_SECONDS - 5)
-        else:  # first attempt: exponential backoff starts at 1 s, with jitter
-            assert timedelta(0) < wait <= timedelta(seconds=1), (error, wait)
+        # First attempt: exponential backoff starts at 1 s, with jitter.
+        assert timedelta(0) < wait <= timedelta(seconds=1), (error, wait)
 
     # Time passes: the retries fall due, until SES takes everything.
     for _ in range(5):
@@ -91,12 +87,11 @@ async def test_throttling_5xx_and_a_paused_account_are_retried_until_each_mail_i
     after = await _retries(client)
     assert after["throttled"] - before["throttled"] == 2
     assert after["retry"] - before["retry"] == 3  # 500, 503, 500
-    assert after["paused"] - before["paused"] == 1
     async with engine.connect() as conn:
         retries = (
             await conn.execute(text("SELECT count(*) FROM message_event WHERE kind = 'send_retry'"))
         ).scalar_one()
-    assert retries == 6
+    assert retries == 5
 
 
 async def test_running_worker_sends_throttled_mail_by_itself_once_ses_allows(
