@@ -32,6 +32,7 @@ class Answer(Enum):
     UNAVAILABLE = "unavailable"  # 503 ServiceUnavailable
     PAUSED = "paused"  # 400 SendingPausedException
     REJECTED = "rejected"  # 400 MessageRejected
+    ACCESS_DENIED = "access_denied"  # 403 AccessDeniedException: an IAM slip
 
 
 _ERRORS: dict[Answer, tuple[int, str, str]] = {
@@ -40,6 +41,11 @@ _ERRORS: dict[Answer, tuple[int, str, str]] = {
     Answer.UNAVAILABLE: (503, "ServiceUnavailable", "Service is unavailable."),
     Answer.PAUSED: (400, "SendingPausedException", "Sending is paused for this account."),
     Answer.REJECTED: (400, "MessageRejected", "Email address is not verified."),
+    Answer.ACCESS_DENIED: (
+        403,
+        "AccessDeniedException",
+        "User is not authorized to perform: ses:SendEmail",
+    ),
 }
 
 
@@ -66,6 +72,9 @@ class Request:
 class FakeSes:
     def __init__(self, *, max_send_rate: float = 1000.0) -> None:
         self.max_send_rate = max_send_rate
+        # What GetAccount says: False for an account SES has paused.
+        self.sending_enabled = True
+        self.account_reads = 0
         self.default = Answer.OK
         self.delay = 0.0
         self.requests: list[Request] = []
@@ -91,6 +100,8 @@ class FakeSes:
                 if self.path.split("?")[0] != "/v2/email/account":
                     self._reply(404, {"message": "not found"}, error="NotFoundException")
                     return
+                with fake._lock:
+                    fake.account_reads += 1
                 self._reply(
                     200,
                     {
@@ -99,9 +110,9 @@ class FakeSes:
                             "MaxSendRate": fake.max_send_rate,
                             "SentLast24Hours": float(len(fake.sent())),
                         },
-                        "SendingEnabled": True,
+                        "SendingEnabled": fake.sending_enabled,
                         "ProductionAccessEnabled": True,
-                        "EnforcementStatus": "HEALTHY",
+                        "EnforcementStatus": "HEALTHY" if fake.sending_enabled else "SHUTDOWN",
                     },
                 )
 

@@ -228,9 +228,13 @@ _CLAIM = NamedStatement.of(
     ),
     room AS (
         SELECT free_at, paused_until, pause_reason, CAST(CASE
-            WHEN pause_reason IS NULL THEN LEAST(CAST(:limit AS int), GREATEST(0, floor(
-                (CAST(:horizon AS float8) - EXTRACT(EPOCH FROM free_at - now()))
-                * CAST(:rate AS float8))))
+            -- What the horizon has room for; at least one mail once the next free slot is
+            -- inside it (at 1/s a second holds 0.98 of a slot).
+            WHEN pause_reason IS NULL THEN LEAST(CAST(:limit AS int), GREATEST(
+                CASE WHEN free_at - now() < make_interval(secs => CAST(:horizon AS float8))
+                    THEN 1 ELSE 0 END,
+                floor((CAST(:horizon AS float8) - EXTRACT(EPOCH FROM free_at - now()))
+                    * CAST(:rate AS float8))))
             WHEN paused_until <= now() THEN 1  -- the probe
             ELSE 0
         END AS int) AS n
@@ -472,21 +476,22 @@ async def finish(
 
 # -- pausing sending for every replica ---------------------------------------------------
 
+# Conditional on the row's state, which PostgreSQL re-checks after waiting for another
+# worker's update of it: of two workers pausing (or resuming) at once, one does it.
 _PAUSE = NamedStatement.of(
     """
-    WITH before AS (SELECT pause_reason FROM send_pacer WHERE id = 1 FOR UPDATE)
     UPDATE send_pacer SET pause_reason = :reason,
         paused_until = now() + make_interval(secs => CAST(:probe AS float8))
-    WHERE id = 1
-    RETURNING (SELECT pause_reason FROM before) IS NULL AS started
+    WHERE id = 1 AND pause_reason IS NULL
+    RETURNING true
     """
 )
 _RESUME = NamedStatement.of(
     """
-    WITH before AS (SELECT pause_reason FROM send_pacer WHERE id = 1 FOR UPDATE)
-    UPDATE send_pacer SET pause_reason = NULL, paused_until = NULL
-    WHERE id = 1 AND pause_reason IS NOT NULL
-    RETURNING (SELECT pause_reason FROM before) AS reason
+    UPDATE send_pacer AS gate SET pause_reason = NULL, paused_until = NULL
+    FROM (SELECT pause_reason FROM send_pacer WHERE id = 1) AS before
+    WHERE gate.id = 1 AND gate.pause_reason IS NOT NULL
+    RETURNING before.pause_reason
     """
 )
 

@@ -102,6 +102,7 @@ class Worker:
         self.reputation = reputation
         self.http = http
         self.probe_seconds = probe_seconds
+        self.account_wait_seconds = ACCOUNT_PAUSED_WAIT_SECONDS
         self.lease = settings.send_lease_seconds
         self.rate = settings.max_send_rate or FALLBACK_RATE
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -400,6 +401,9 @@ class Worker:
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and send until ``stopping`` is set; then finish what is in flight."""
         await self.refresh_rate()
+        if self.reputation is not None:
+            # Before the first claim: an account SES has paused sends nothing, from the start.
+            await self.reputation.poll_account()
         tasks = [
             asyncio.create_task(self._listen(stopping)),
             asyncio.create_task(self._refresh_rate_forever(stopping)),
@@ -427,8 +431,10 @@ class Worker:
         errors = 0
         while not stopping.is_set():
             if self.reputation is not None and self.reputation.account_paused:
-                # SES's GetAccount says the account cannot send: wait, fail nothing.
-                await self._pause(stopping, ACCOUNT_PAUSED_WAIT_SECONDS)
+                # SES's GetAccount says the account cannot send: wait (new mail cannot change
+                # that), ask SES again, fail nothing.
+                await _first_of(stopping, within=self.account_wait_seconds)
+                await self.reputation.poll_account()
                 continue
             room = self.settings.send_concurrency - self._in_flight_count
             if room <= 0:
@@ -486,8 +492,9 @@ class Worker:
             if origin != PROCESS_ORIGIN:
                 self.wake.set()
 
-        def reputation_changed(_conn: object, _pid: int, _channel: str, origin: object) -> None:
-            if origin != PROCESS_ORIGIN and self.reputation is not None:
+        def reputation_changed(_conn: object, _pid: int, _channel: str, _origin: object) -> None:
+            # Its own verdict too (a flip is rare): one process may hold several watches.
+            if self.reputation is not None:
                 self.reputation.nudge()
 
         while not stopping.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -71,6 +72,12 @@ async def test_each_type_reaches_ses_with_its_subject_bodies_and_headers(
     assert shown["status"] == "sent"
     assert shown["ses_message_id"] == mail.ses_message_id
     assert [event["kind"] for event in shown["events"]] == ["accepted", "sent"]
+    if EMAIL_KINDS[kind].lifetime:
+        # The lifetime the mail states is the one enforced: never sent after the hour.
+        created = datetime.fromisoformat(shown["created_at"])
+        assert datetime.fromisoformat(shown["expires_at"]) - created == timedelta(hours=1)
+    else:
+        assert shown["expires_at"] is None
 
 
 async def test_matching_notification_names_the_sender_for_the_law(

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import MailBackend
-from app.emails.sender import MailboxSender
-from app.emails.worker import Worker
-from app.ops.reputation import Level, Rates, ReputationWatch, judge, level_of
-from tests.conftest import AppFactory, make_settings
+from app.ops.reputation import Level, Rates, judge, level_of
+from tests.conditions import eventually
+from tests.conftest import AppFactory
 from tests.sns.test_router import email, send, sent_mail
 from tests.sns_messages import CERT_NAME, TOPIC, Sns, ses_event
 
@@ -137,36 +133,36 @@ async def test_status_needs_an_api_key(client: httpx.AsyncClient) -> None:
     assert (await client.get("/status/reputation")).status_code == 401
 
 
-class PausedAccount(MailboxSender):
-    """What SES's GetAccount says for an account that may not send."""
-
-    async def account_status(self) -> dict[str, Any]:
-        return {"SendingEnabled": False, "EnforcementStatus": "SHUTDOWN"}
-
-
-async def test_paused_ses_account_stops_the_worker_without_failing_mail(
-    client: httpx.AsyncClient,
-    auth: dict[str, str],
-    database_url: str,
-    engine: AsyncEngine,
-    tmp_path: Path,
+async def test_a_complaint_holds_optional_mail_at_once_here_and_in_other_replicas(
+    watched: tuple[Sns, list[dict[str, Any]]], auth: dict[str, str], start_app: AppFactory
 ) -> None:
-    accepted = await send(Sns(client, b""), auth, "taro@example.com", "password-reset")
-    settings = make_settings(database_url, mail_backend=MailBackend.MAILBOX, mailbox_dir=tmp_path)
-    sender = PausedAccount(tmp_path)
-    watch = ReputationWatch(engine=engine, settings=settings, sender=sender)
-    assert (await watch.poll_account()).sending_enabled is False
-    worker = Worker(engine=engine, sender=sender, settings=settings, reputation=watch)
+    sns, _ = watched
+    here = sns.client.app.state.reputation  # type: ignore[attr-defined]
+    # Another replica, LISTENing; its own round comes only every 15 s.
+    other = await start_app(run_worker=True, reputation_min_sends=10, reputation_window=10)
+    there = other.app.state.reputation  # type: ignore[attr-defined]
 
-    import asyncio
+    async def evaluated_there() -> bool:
+        return there.evaluated_at is not None
 
-    stopping = asyncio.Event()
-    running = asyncio.create_task(worker._loop(stopping))
-    await asyncio.sleep(0.3)  # the loop gets every chance to claim; it must not
-    stopping.set()
-    await running
+    await eventually(evaluated_there)
+    first_round = there.evaluated_at
+    sent = [await sent_mail(sns, auth, f"user{i}@example.com") for i in range(10)]
+    assert not here.verdict.hold and not there.verdict.hold
 
-    shown = (await client.get(f"/emails/{accepted.json()['id']}", headers=auth)).json()
-    assert shown["status"] == "queued"
-    assert shown["attempts"] == 0
-    assert not any(name.endswith(".eml") for name in os.listdir(tmp_path))
+    await sns.deliver(
+        ses_event(
+            "eventpub-complaint-abuse.json", to="user0@example.com", ses_message_id=sent[0][1]
+        )
+    )
+
+    async def held_here() -> bool:
+        return bool(here.verdict.hold)
+
+    async def held_there() -> bool:
+        return bool(there.verdict.hold)
+
+    # No status page read, no timer: the complaint itself, and the NOTIFY it sends.
+    await eventually(held_here, within=5)
+    await eventually(held_there, within=5)
+    assert (there.evaluated_at - first_round).total_seconds() < 15
