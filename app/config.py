@@ -60,6 +60,9 @@ class Settings(DatabaseSettings):
     cloudwatch_emf: bool = False
     retention_days: int = Field(default=400, ge=1)
     run_worker: bool = True
+    # /docs, /redoc and /openapi.json; false serves none of them (the document stays in
+    # openapi/openapi.json and `tegami openapi`).
+    docs: bool = True
 
     @field_validator("link_hosts", "sns_topic_arns", "unsubscribe_secret", mode="before")
     @classmethod
