@@ -324,7 +324,15 @@ def run_simulate(event: str, email: str, *, soft: bool, url: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="tegami", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"tegami {version('tegami')}",
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     for name, text in (
@@ -332,8 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("dev", "run locally: embedded PostgreSQL, mails kept in a local mailbox"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--host", default="127.0.0.1" if name == "dev" else "0.0.0.0")  # noqa: S104
-        command.add_argument("--port", type=int, default=8000)
+        host = "127.0.0.1" if name == "dev" else "0.0.0.0"  # noqa: S104
+        command.add_argument("--host", default=host, help=f"address to listen on (default: {host})")
+        command.add_argument(
+            "--port", type=int, default=8000, help="port to listen on (default: 8000)"
+        )
 
     commands.add_parser("worker", help="run the worker alone")
     commands.add_parser("migrate", help="bring the database schema up to date")
@@ -373,17 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="post a signed SES event to a running `tegami dev` (through /sns/ses-events)",
     )
-    simulate.add_argument("event", choices=["bounce", "complaint", "delivery"])
-    simulate.add_argument("email")
+    simulate.add_argument(
+        "event", choices=["bounce", "complaint", "delivery"], help="the SES event to play"
+    )
+    simulate.add_argument("email", help="the recipient the event is about")
     simulate.add_argument(
         "--soft", action="store_true", help="a transient (soft) bounce instead of a hard one"
     )
-    simulate.add_argument("--url", default="http://127.0.0.1:8000", help="where `tegami dev` runs")
+    simulate.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="where `tegami dev` runs (default: http://127.0.0.1:8000)",
+    )
 
     add_domain_commands(commands)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
-    openapi.add_argument("--output", type=Path)
+    openapi.add_argument(
+        "--output", type=Path, metavar="FILE", help="write it to FILE instead of stdout"
+    )
     return parser
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.api_keys import KeyCache
-from app.cli import dev_api_key
+from app.cli import build_parser, dev_api_key
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
 
@@ -165,3 +167,36 @@ async def test_dev_reuses_its_key_kept_private_in_the_state_dir(
     assert third != first
     assert (await client.get(NO_MAIL, headers=bearer(third))).status_code == 404
     assert len(tegami("api-key", "list", database_url=database_url).stdout.splitlines()) == 2
+
+
+def test_version_is_printed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == f"tegami {version('tegami')}"
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    undocumented = []
+    parsers = [("tegami", build_parser())]
+    while parsers:
+        name, parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+                undocumented += [
+                    f"{name} {choice.dest}" for choice in action._choices_actions if not choice.help
+                ]
+            elif not action.help:
+                undocumented.append(f"{name} {action.dest}")
+    assert undocumented == []
+    shown = subprocess.run(
+        [sys.executable, "-m", "app.cli", "api-key", "rotate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "default: 24h" in shown
