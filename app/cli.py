@@ -6,16 +6,23 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.config import Settings, SettingsError, load_settings
+from app.config import DatabaseSettings, Settings, SettingsError, load_settings
 from app.ops.domain import add_domain_commands, run_domain_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# How long a rotated key's predecessor is still accepted unless `--grace` says otherwise:
+# time for the app to be redeployed with the new key, short enough that a replaced key
+# does not linger.
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 
 
 def _settings_or_exit() -> Settings:
@@ -75,18 +82,149 @@ async def _run_worker(settings: Settings) -> None:
         await stop.wait()
 
 
-async def _create_api_key(settings: Settings, name: str) -> str:
-    from app.api_keys import create_key
-    from app.db import create_engine, create_sessionmaker
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `24h`, `7d`, `1h30m`, or `0` (no grace)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    if text == "0":
+        return timedelta(0)
+    parts = re.findall(r"(\d+)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 24h or 7d")
+    return timedelta(seconds=sum(int(n) * units[u] for n, u in parts))
 
-    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+
+def _format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+async def _api_key_command(settings: DatabaseSettings, args: argparse.Namespace) -> str:
+    """Run one `tegami api-key` command; returns what to print."""
+    from app import api_keys
+    from app.db import create_engine, create_sessionmaker
+    from app.models import ApiKeyScope
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1, max_overflow=0)
     try:
         async with create_sessionmaker(engine)() as session:
-            key = await create_key(session, name=name)
+            if args.api_key_command == "create":
+                out = await api_keys.create_key(
+                    session, name=args.name, scope=ApiKeyScope(args.scope)
+                )
+            elif args.api_key_command == "rotate":
+                out = await api_keys.rotate_key(session, name=args.name, grace=args.grace)
+            elif args.api_key_command == "revoke":
+                revoked_at = await api_keys.revoke_key(session, name=args.name)
+                out = (
+                    f"revoked {args.name} at {_when(revoked_at)} (refused everywhere within "
+                    f"{api_keys.KEY_CACHE_SECONDS:g} s)"
+                )
+            else:
+                now = datetime.now(UTC)
+                rows = [("NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED", "OLD KEY UNTIL")]
+                for key in await api_keys.list_keys(session):
+                    grace = key.previous_key_expires_at
+                    rows.append(
+                        (
+                            key.name,
+                            key.scope.value,
+                            _when(key.created_at),
+                            _when(key.last_used_at),
+                            _when(key.revoked_at),
+                            _when(grace if grace and grace > now and not key.revoked_at else None),
+                        )
+                    )
+                widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+                out = "\n".join(
+                    "  ".join(
+                        cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                    ).rstrip()
+                    for row in rows
+                )
+            await session.commit()
+            return out
+    finally:
+        await engine.dispose()
+
+
+def api_key(args: argparse.Namespace) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from app.api_keys import ApiKeyError
+    from app.config import load_database_settings
+
+    try:
+        settings = load_database_settings()
+    except SettingsError as exc:
+        print(f"tegami: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        print(asyncio.run(_api_key_command(settings, args)))
+    except ApiKeyError as exc:
+        print(f"tegami: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ValueError as exc:  # a URL that is not postgresql://
+        print(f"tegami: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (DBAPIError, OSError) as exc:
+        # One line, never the statement (it may hold a key's hash) nor a traceback.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"tegami: the database at TEGAMI_DATABASE_URL failed: {reason}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.api_key_command == "rotate":
+        print(
+            f"tegami: the old key of {args.name} is accepted until "
+            f"{_when(datetime.now(UTC) + args.grace)} ({_format_duration(args.grace)})",
+            file=sys.stderr,
+        )
+
+
+DEV_KEY_NAME = "dev"
+
+
+async def _ensure_dev_key(settings: Settings, stored: str | None) -> str:
+    from app import api_keys
+    from app.db import create_engine, create_sessionmaker
+    from app.models import ApiKeyScope
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1, max_overflow=0)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if stored and await api_keys.key_is_valid(session, key=stored):
+                return stored
+            try:
+                key = await api_keys.create_key(session, name=DEV_KEY_NAME, scope=ApiKeyScope.ADMIN)
+            except api_keys.ApiKeyError:  # the file was lost: a new key for the same name
+                try:
+                    key = await api_keys.rotate_key(session, name=DEV_KEY_NAME, grace=timedelta(0))
+                except api_keys.ApiKeyError:  # someone revoked it: respect that
+                    key = await api_keys.create_key(
+                        session, name=f"dev-{secrets.token_hex(3)}", scope=ApiKeyScope.ADMIN
+                    )
             await session.commit()
             return key
     finally:
         await engine.dispose()
+
+
+def dev_api_key(settings: Settings, key_file: Path) -> str:
+    """The dev key kept in `.tegami/` (0600), made (or remade) only when it no longer works."""
+    stored = key_file.read_text().strip() if key_file.exists() else None
+    key = asyncio.run(_ensure_dev_key(settings, stored))
+    if key != stored:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+    key_file.chmod(0o600)
+    return key
 
 
 def export_openapi() -> str:
@@ -140,7 +278,7 @@ def dev(*, host: str, port: int) -> None:
         os.environ.setdefault(key, value)
     settings = _settings_or_exit()
     migrate(settings.database_url)
-    key = asyncio.run(_create_api_key(settings, f"dev-{secrets.token_hex(3)}"))
+    key = dev_api_key(settings, Path(".tegami").resolve() / "dev-api-key")
     base = settings.public_base_url
     print(
         f"\ntegami dev is starting on {base}\n"
@@ -186,7 +324,15 @@ def run_simulate(event: str, email: str, *, soft: bool, url: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="tegami", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"tegami {version('tegami')}",
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     for name, text in (
@@ -194,32 +340,69 @@ def build_parser() -> argparse.ArgumentParser:
         ("dev", "run locally: embedded PostgreSQL, mails kept in a local mailbox"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--host", default="127.0.0.1" if name == "dev" else "0.0.0.0")  # noqa: S104
-        command.add_argument("--port", type=int, default=8000)
+        host = "127.0.0.1" if name == "dev" else "0.0.0.0"  # noqa: S104
+        command.add_argument("--host", default=host, help=f"address to listen on (default: {host})")
+        command.add_argument(
+            "--port", type=int, default=8000, help="port to listen on (default: 8000)"
+        )
 
     commands.add_parser("worker", help="run the worker alone")
     commands.add_parser("migrate", help="bring the database schema up to date")
 
-    api_key = commands.add_parser("api-key", help="manage API keys")
-    api_key_commands = api_key.add_subparsers(dest="api_key_command", required=True)
-    create = api_key_commands.add_parser("create", help="create a key and print it")
-    create.add_argument("name")
+    keys = commands.add_parser("api-key", help="manage API keys (needs only TEGAMI_DATABASE_URL)")
+    api_key_commands = keys.add_subparsers(dest="api_key_command", required=True)
+    create = api_key_commands.add_parser("create", help="create a key and print it, alone")
+    create.add_argument("name", help="a name of your choice; the audit trail records it")
+    create.add_argument(
+        "--scope",
+        choices=["app", "admin", "test"],
+        default="app",
+        help="app (default): send, read its own mails, opt-outs, erase and read recipients; "
+        "admin: everything, including suppressions and /status; test: as app, never reaches SES",
+    )
+    api_key_commands.add_parser(
+        "list", help="every key: name, scope, created, last used (to the minute), revoked"
+    )
+    revoke = api_key_commands.add_parser(
+        "revoke", help="refuse the key from now on (within 5 s in every running process)"
+    )
+    revoke.add_argument("name", help="the key's name, as `tegami api-key list` shows it")
+    rotate = api_key_commands.add_parser(
+        "rotate", help="print a new key for NAME; the old one keeps working for --grace"
+    )
+    rotate.add_argument("name", help="the key's name, as `tegami api-key list` shows it")
+    rotate.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=DEFAULT_ROTATION_GRACE,
+        metavar="DURATION",
+        help="how long the old key is still accepted: 90s, 30m, 24h, 7d, or 0 for not at all "
+        f"(default: {DEFAULT_ROTATION_GRACE.total_seconds() / 3600:g}h)",
+    )
 
     simulate = commands.add_parser(
         "simulate",
         help="post a signed SES event to a running `tegami dev` (through /sns/ses-events)",
     )
-    simulate.add_argument("event", choices=["bounce", "complaint", "delivery"])
-    simulate.add_argument("email")
+    simulate.add_argument(
+        "event", choices=["bounce", "complaint", "delivery"], help="the SES event to play"
+    )
+    simulate.add_argument("email", help="the recipient the event is about")
     simulate.add_argument(
         "--soft", action="store_true", help="a transient (soft) bounce instead of a hard one"
     )
-    simulate.add_argument("--url", default="http://127.0.0.1:8000", help="where `tegami dev` runs")
+    simulate.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="where `tegami dev` runs (default: http://127.0.0.1:8000)",
+    )
 
     add_domain_commands(commands)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
-    openapi.add_argument("--output", type=Path)
+    openapi.add_argument(
+        "--output", type=Path, metavar="FILE", help="write it to FILE instead of stdout"
+    )
     return parser
 
 
@@ -241,8 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(2)
         migrate(url)
     elif args.command == "api-key":
-        key = asyncio.run(_create_api_key(_settings_or_exit(), args.name))
-        print(key)
+        api_key(args)
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))
     elif args.command == "simulate":

@@ -22,11 +22,20 @@ class MailBackend(StrEnum):
     MAILBOX = "mailbox"
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """What commands that only touch the database need (`tegami api-key ...`)."""
+
     model_config = SettingsConfigDict(env_prefix="TEGAMI_", extra="ignore", frozen=True)
 
-    # Required: the service cannot run safely without them.
     database_url: str = Field(repr=False)  # may hold a password
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return to_asyncpg_url(self.database_url)
+
+
+class Settings(DatabaseSettings):
+    # Required: the service cannot run safely without them.
     public_base_url: str
     unsubscribe_secret: Annotated[list[SecretStr], NoDecode]
     address_hash_secret: SecretStr
@@ -55,6 +64,9 @@ class Settings(BaseSettings):
     cloudwatch_emf: bool = False
     retention_days: int = Field(default=400, ge=1)
     run_worker: bool = True
+    # /docs, /redoc and /openapi.json; false serves none of them (the document stays in
+    # openapi/openapi.json and `tegami openapi`).
+    docs: bool = True
 
     @field_validator("link_hosts", "sns_topic_arns", "unsubscribe_secret", mode="before")
     @classmethod
@@ -86,10 +98,6 @@ class Settings(BaseSettings):
             raise ValueError("must start with https:// (or http:// for local development)")
         return value.rstrip("/")
 
-    @property
-    def sqlalchemy_url(self) -> str:
-        return to_asyncpg_url(self.database_url)
-
 
 def to_asyncpg_url(url: str) -> str:
     """Accept the plain ``postgresql://user:pass@host/db`` form that RDS shows.
@@ -112,6 +120,13 @@ class SettingsError(Exception):
 def load_settings() -> Settings:
     try:
         return Settings()  # filled from the environment
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def load_database_settings() -> DatabaseSettings:
+    try:
+        return DatabaseSettings()  # filled from the environment
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc)) from None
 

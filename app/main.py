@@ -9,12 +9,14 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from importlib.metadata import version
+from typing import Any
 
 import aioboto3
 import botocore
 import httpx
 from botocore.config import Config
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.config import MailBackend, Settings, load_settings
 from app.db import create_engine, create_sessionmaker
@@ -119,12 +121,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
-        title="tegami",
-        version="0.1.0",
-        summary="Transactional mail for PRO WORKS, through Amazon SES.",
-        lifespan=lifespan,
-    )
+    meta: dict[str, Any] = {
+        "title": "tegami",
+        "version": "0.1.0",
+        "summary": "Transactional mail for PRO WORKS, through Amazon SES.",
+        "lifespan": lifespan,
+    }
+    if settings is None or settings.docs:
+        # /docs and /redoc load Swagger UI and ReDoc from the package's files, not from CDNs.
+        app = FastAPIOffline(**meta)
+    else:
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **meta)
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)

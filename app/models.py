@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Identity,
@@ -54,15 +55,28 @@ def _now_column() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class ApiKeyScope(StrEnum):
+    APP = "app"  # what the Next.js app does: send, read its mails, opt-outs, erase, read
+    ADMIN = "admin"  # everything; alone may add or lift a suppression and read /status
+    TEST = "test"  # as app; its mails never reach SES
+
+
 class ApiKey(Base):
     __tablename__ = "api_key"
+    __table_args__ = (CheckConstraint("scope IN ('app', 'admin', 'test')", name="scope"),)
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
     # SHA-256 of the key: the key itself is shown once and never stored.
     key_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    scope: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Written at most once a minute per key, on the auth cache's misses (app/api_keys.py).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # After `tegami api-key rotate`: the replaced key, accepted until the grace period ends.
+    previous_key_hash: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Recipient(Base):

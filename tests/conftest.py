@@ -28,6 +28,7 @@ from app.cli import migrate
 from app.config import MailBackend, Settings
 from app.db import create_engine
 from app.main import create_app
+from app.models import ApiKeyScope
 from app.sns.signature import make_signing_identity
 from tests.ses import MotoSes
 from tests.sns_messages import CERT_NAME, TOPIC, Sns
@@ -169,10 +170,13 @@ async def client(start_app: AppFactory) -> httpx.AsyncClient:
 
 @pytest.fixture
 async def api_key(engine: AsyncEngine) -> str:
+    """An admin key (every route); tests of scopes make their own."""
     from app.db import create_sessionmaker
 
     async with create_sessionmaker(engine)() as session:
-        key = await create_key(session, name=f"test-{secrets.token_hex(3)}")
+        key = await create_key(
+            session, name=f"test-{secrets.token_hex(3)}", scope=ApiKeyScope.ADMIN
+        )
         await session.commit()
     return key
 

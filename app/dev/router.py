@@ -5,19 +5,52 @@ from __future__ import annotations
 import email
 import email.policy
 import html
+import re
+from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import quote
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 
 from app.errors import NotFound
 
 router = APIRouter(prefix="/dev", tags=["development"], include_in_schema=False)
 
+# What MailboxSender names its files: a timestamp, "mailbox-" and a UUID.
+_MAIL_NAME = re.compile(r"^[\w.-]+\.eml$")
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5rem; color: #222; }
+table { border-collapse: collapse; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+.headers td:first-child { white-space: nowrap; color: #555; }
+.headers td { font-family: monospace; font-size: 0.85rem; word-break: break-all; }
+figure { margin: 0; }
+.views { display: flex; gap: 1.5rem; align-items: flex-start; flex-wrap: wrap; }
+iframe { border: 1px solid #999; background: #fff; height: 760px; }
+pre { background: #f6f6f6; padding: 1rem; white-space: pre-wrap; max-width: 80ch; }
+"""
+
 
 def _mailbox(request: Request) -> Path:
     directory: Path = request.app.state.settings.mailbox_dir
     return directory
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        "<!doctype html><html lang='ja'><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style><body>{body}</body></html>"
+    )
+
+
+def _mail(request: Request, name: str) -> tuple[Path, EmailMessage]:
+    path = _mailbox(request) / name
+    if not _MAIL_NAME.match(name) or not path.is_file():
+        raise NotFound("no such mail")
+    # The default policy makes an EmailMessage (get_body, decoded content).
+    return path, email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
 
 
 @router.get("/mailbox", response_class=HTMLResponse)
@@ -27,32 +60,62 @@ async def mailbox(request: Request) -> HTMLResponse:
     files = sorted(directory.glob("*.eml"), reverse=True) if directory.is_dir() else []
     for path in files[:200]:
         parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        link = f"<a href='/dev/mailbox/{html.escape(path.name)}'>"
+        link = f"<a href='/dev/mailbox/{quote(path.name)}'>"
         rows.append(
             f"<tr><td>{html.escape(str(parsed['Date']))}</td>"
             f"<td>{html.escape(str(parsed['To']))}</td>"
             f"<td>{link}{html.escape(str(parsed['Subject']))}</a></td></tr>"
         )
-    body = (
-        "<!doctype html><html lang='ja'><meta charset='utf-8'><title>tegami mailbox</title>"
-        "<body style='font-family:sans-serif'><h1>Mailbox</h1>"
+    return _page(
+        "tegami mailbox",
+        "<h1>Mailbox</h1>"
         f"<p>{len(files)} mail(s) in {html.escape(str(directory))}</p>"
-        "<table border='1' cellpadding='4'><tr><th>Date</th><th>To</th><th>Subject</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>"
+        "<table><tr><th>Date</th><th>To</th><th>Subject</th></tr>" + "".join(rows) + "</table>",
     )
-    return HTMLResponse(body)
 
 
-@router.get("/mailbox/{name}", response_class=PlainTextResponse)
-async def mailbox_item(name: str, request: Request) -> PlainTextResponse:
-    directory = _mailbox(request)
-    path = directory / name
-    if "/" in name or not name.endswith(".eml") or not path.is_file():
-        raise NotFound("no such mail")
-    parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    parts = [f"{key}: {value}" for key, value in parsed.items()]
-    for part in parsed.walk():
-        if part.get_content_maintype() == "text":
-            parts.append(f"\n--- {part.get_content_type()} ---\n{part.get_content()}")
-    return PlainTextResponse("\n".join(parts))
+@router.get("/mailbox/{name}", response_class=HTMLResponse)
+async def mailbox_item(name: str, request: Request) -> HTMLResponse:
+    """One mail as a recipient sees it: its HTML at desktop and phone width, text, headers."""
+    _, parsed = _mail(request, name)
+    html_part = parsed.get_body(preferencelist=("html",))
+    text_part = parsed.get_body(preferencelist=("plain",))
+    headers = "".join(
+        f"<tr><td>{html.escape(key)}</td><td>{html.escape(str(value))}</td></tr>"
+        for key, value in parsed.items()
+    )
+    views = ""
+    if html_part is not None:
+        # srcdoc in a sandbox with nothing allowed: the mail's HTML runs no script and cannot
+        # reach this page, as in a mail client.
+        source = html.escape(str(html_part.get_content()), quote=True)
+        views = "".join(
+            f"<figure><figcaption>{label} ({width} px)</figcaption>"
+            f"<iframe title='{label}' sandbox='' width='{width}' srcdoc=\"{source}\"></iframe>"
+            "</figure>"
+            for label, width in (("desktop", 800), ("phone", 375))
+        )
+    text = (
+        f"<h2>Text part</h2><pre>{html.escape(str(text_part.get_content()))}</pre>"
+        if text_part is not None
+        else ""
+    )
+    return _page(
+        str(parsed["Subject"]),
+        "<p><a href='/dev/mailbox'>&larr; mailbox</a></p>"
+        f"<h1>{html.escape(str(parsed['Subject']))}</h1>"
+        f"<p><a href='/dev/mailbox/{quote(name)}/raw' download='{html.escape(name)}'>"
+        "download the .eml</a></p>"
+        f"<h2>HTML part</h2><div class='views'>{views or '<p>(none)</p>'}</div>"
+        f"{text}<h2>Headers</h2><table class='headers'>{headers}</table>",
+    )
+
+
+@router.get("/mailbox/{name}/raw")
+async def mailbox_raw(name: str, request: Request) -> Response:
+    path, _ = _mail(request, name)
+    return Response(
+        path.read_bytes(),
+        media_type="message/rfc822",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

@@ -13,7 +13,7 @@ from app.db import SessionDep, driver_connection
 from app.emails import service
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.schemas import EmailAccepted, EmailCreate, EmailEventRead, EmailRead, EmailType
-from app.errors import Conflict, UnsupportedMediaType
+from app.errors import Conflict, NotFound, UnsupportedMediaType
 from app.models import MessageStatus
 from app.ops.metrics import EMAILS_ACCEPTED, EMAILS_REFUSED
 
@@ -100,11 +100,14 @@ async def send_email(
     summary="Status and event history of a mail",
     responses={
         401: {"description": "No or unknown API key."},
-        404: {"description": "No such mail."},
+        404: {"description": "No such mail (or one sent with another key, unless admin)."},
     },
 )
 async def get_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) -> EmailRead:
     message, events = await service.read(session, message_id=id)
+    if message.api_key_id != caller.key_id and not caller.is_admin:
+        # An app or test key reads its own mails; another key's are not even said to exist.
+        raise NotFound("no such email", code="email_not_found")
     return EmailRead(
         id=message.id,
         type=message.kind,

@@ -514,7 +514,7 @@ def add_domain_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         ("check", "look the DNS records up and say what is missing or wrong (exit 1)"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("domain")
+        command.add_argument("domain", help="the sending domain, e.g. proworks.jp")
         command.add_argument(
             "--mail-from",
             default=DEFAULT_MAIL_FROM,

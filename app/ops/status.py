@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api_keys import ApiKeyDep
+from app.api_keys import FORBIDDEN, AdminKeyDep
 from app.ops.reputation import ReputationWatch
 
 router = APIRouter(prefix="/status", tags=["operations"])
@@ -15,9 +15,10 @@ router = APIRouter(prefix="/status", tags=["operations"])
 @router.get(
     "/reputation",
     summary="Bounce and complaint rates, thresholds, holds, SES account status",
-    responses={401: {"description": "No or unknown API key."}},
+    description="Needs an admin key.",
+    responses={401: {"description": "No or unknown API key."}, **FORBIDDEN},
 )
-async def reputation(request: Request, caller: ApiKeyDep) -> dict[str, Any]:
+async def reputation(request: Request, caller: AdminKeyDep) -> dict[str, Any]:
     watch: ReputationWatch = request.app.state.reputation
     # Fresh numbers, so an operator never reads a stale hold.
     await watch.evaluate()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import AfterValidator
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api_keys import ApiKeyDep
+from app.api_keys import FORBIDDEN, AdminKeyDep, ApiKeyDep
 from app.config import Settings
 from app.db import SessionDep
 from app.emails.schemas import check_address
@@ -100,15 +100,15 @@ register_url_convertor("anytext", _AnyText())
     response_model=RecipientRead,
     summary="Suppress an address by hand",
     description="No mail of any category goes to the address until the suppression is lifted. "
-    "An address already suppressed keeps its first reason and cause.",
-    responses={**UNAUTHORIZED, **INVALID_ADDRESS},
+    "An address already suppressed keeps its first reason and cause. Needs an admin key.",
+    responses={**UNAUTHORIZED, **FORBIDDEN, **INVALID_ADDRESS},
 )
 async def suppress_recipient(
     email: EmailPath,
     body: SuppressionCreate,
     request: Request,
     session: SessionDep,
-    caller: ApiKeyDep,
+    caller: AdminKeyDep,
 ) -> RecipientRead:
     hashed = _hash(request, email)
     await service.suppress(
@@ -126,15 +126,17 @@ async def suppress_recipient(
     "/{email:anytext}/suppression",
     status_code=204,
     summary="Lift a suppression",
-    description="Whatever its reason. The consecutive soft-bounce count starts again from 0.",
+    description="Whatever its reason. The consecutive soft-bounce count starts again from 0. "
+    "Needs an admin key.",
     responses={
         **UNAUTHORIZED,
+        **FORBIDDEN,
         404: {"description": "The address is not suppressed (`suppression_not_found`)."},
         **INVALID_ADDRESS,
     },
 )
 async def lift_suppression(
-    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
+    email: EmailPath, request: Request, session: SessionDep, caller: AdminKeyDep
 ) -> Response:
     lifted = await service.lift_suppression(
         session, address_hash=_hash(request, email), cause=caller.cause

@@ -91,3 +91,15 @@ def test_log_lines_are_json_with_the_request_id(caplog: pytest.LogCaptureFixture
     assert line["request_id"] == "req-1"
     assert line["message"] == "sent"
     assert line["to"] == "t***@example.com"
+
+
+async def test_metrics_have_no_created_series(
+    client: httpx.AsyncClient, auth: dict[str, str], ses: MotoSes
+) -> None:
+    await client.post("/emails/password-reset", json=body(kind="password-reset"), headers=auth)
+    await drain(client)
+
+    scraped = (await client.get("/metrics")).text
+
+    assert sample(scraped, "tegami_emails_sent_total", type="password-reset") >= 1
+    assert "_created" not in scraped

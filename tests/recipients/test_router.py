@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.api_keys import create_key
 from app.config import Settings
 from app.db import create_sessionmaker
-from app.models import SuppressionReason
+from app.models import ApiKeyScope, SuppressionReason
 from app.recipients import service as recipients
 from app.recipients.addresses import address_hash
 from tests.ses import MotoSes
@@ -20,9 +20,9 @@ OPERATOR = "support-console"
 
 @pytest.fixture
 async def operator(engine: AsyncEngine) -> dict[str, str]:
-    """An API key with a known name, to find in the audit trail."""
+    """An admin API key with a known name, to find in the audit trail."""
     async with create_sessionmaker(engine)() as session:
-        key = await create_key(session, name=OPERATOR)
+        key = await create_key(session, name=OPERATOR, scope=ApiKeyScope.ADMIN)
         await session.commit()
     return {"Authorization": f"Bearer {key}"}
 
