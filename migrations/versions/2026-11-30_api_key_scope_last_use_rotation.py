@@ -1,7 +1,7 @@
 """api key scope, last use, rotation
 
 Revision ID: 7bd23ef3350d
-Revises: 1320d090267d
+Revises: 5b0c1f2d7a91
 Create Date: 2026-11-30 19:19:48.879771+00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "7bd23ef3350d"
-down_revision: str | None = "1320d090267d"
+down_revision: str | None = "5b0c1f2d7a91"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
