@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -11,9 +12,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from app.config import Settings, SettingsError, load_settings
 from app.ops.domain import add_domain_commands, run_domain_command
+
+if TYPE_CHECKING:
+    import httpx
+
+    from app.ops.doctor import Check
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +94,41 @@ async def _create_api_key(settings: Settings, name: str) -> str:
             return key
     finally:
         await engine.dispose()
+
+
+async def _doctor_checks(
+    settings: Settings, *, nameserver: str | None, http: httpx.AsyncClient | None
+) -> list[Check]:
+    import httpx
+
+    from app.db import create_engine
+    from app.ops.doctor import run_checks
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if http is None:
+                http = await stack.enter_async_context(httpx.AsyncClient())
+            return await run_checks(settings, engine=engine, http=http, nameserver=nameserver)
+    finally:
+        await engine.dispose()
+
+
+def run_doctor(
+    settings: Settings,
+    *,
+    nameserver: str | None = None,
+    out: TextIO | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> int:
+    """`tegami doctor`: one line per check; exit 1 when any failed."""
+    from app.ops.doctor import ready, report
+
+    checks = asyncio.run(
+        _doctor_checks(settings, nameserver=nameserver or settings.dns_nameserver, http=http)
+    )
+    print(report(checks), end="", file=out or sys.stdout)
+    return 0 if ready(checks) else 1
 
 
 def export_openapi() -> str:
@@ -218,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_domain_commands(commands)
 
+    doctor = commands.add_parser(
+        "doctor", help="check SES, SNS, DNS, the database and the public URL: ready to send?"
+    )
+    doctor.add_argument(
+        "--nameserver",
+        metavar="HOST[:PORT]",
+        help="ask this DNS server for the domain's records (default: TEGAMI_DNS_NAMESERVER, "
+        "else the system resolver)",
+    )
+
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--output", type=Path)
     return parser
@@ -245,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(key)
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))
+    elif args.command == "doctor":
+        raise SystemExit(run_doctor(_settings_or_exit(), nameserver=args.nameserver))
     elif args.command == "simulate":
         run_simulate(args.event, args.email, soft=args.soft, url=args.url)
     elif args.command == "openapi":

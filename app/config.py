@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     max_send_rate: float | None = Field(default=None, gt=0)
     send_concurrency: int = Field(default=32, ge=1, le=1000)
     sns_topic_arns: CommaList = []
+    # HOST[:PORT] that `tegami doctor` and GET /status/setup ask for the domain's records.
+    dns_nameserver: str | None = None
     sns_cert_dir: Path | None = None
     sns_max_age_seconds: int = Field(default=3900, ge=0)
     reputation_guard: bool = True
