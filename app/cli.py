@@ -131,6 +131,53 @@ def run_doctor(
     return 0 if ready(checks) else 1
 
 
+async def _import_from_ses(settings: Settings) -> tuple[int, int]:
+    import aioboto3
+
+    from app.db import create_engine, create_sessionmaker
+    from app.main import ses_client_config
+    from app.ops.domain import region_from_environment
+    from app.recipients.ses_list import SesSuppressionList, import_from_ses
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async with (
+            aioboto3.Session().client(
+                "sesv2", region_name=region_from_environment(), config=ses_client_config(settings)
+            ) as client,
+            create_sessionmaker(engine)() as session,
+        ):
+            result = await import_from_ses(
+                session,
+                SesSuppressionList(client),
+                secret=settings.address_hash_secret.get_secret_value(),
+            )
+            await session.commit()
+            return result.imported, result.known
+    finally:
+        await engine.dispose()
+
+
+def run_import_from_ses(settings: Settings, *, out: TextIO | None = None) -> int:
+    """`tegami suppressions import-from-ses`: SES's account suppression list into tegami."""
+    from app.config import MailBackend
+    from app.recipients.ses_list import SesUnavailable
+
+    if settings.mail_backend == MailBackend.MAILBOX:
+        print("tegami: the mailbox backend has no SES suppression list", file=sys.stderr)
+        return 2
+    try:
+        imported, known = asyncio.run(_import_from_ses(settings))
+    except SesUnavailable as exc:
+        print(f"tegami: {exc.message}; nothing imported", file=sys.stderr)
+        return 1
+    print(
+        f"imported {imported} suppression(s) from SES's list; {known} already known",
+        file=out or sys.stdout,
+    )
+    return 0
+
+
 def export_openapi() -> str:
     from app.main import create_app
 
@@ -260,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_domain_commands(commands)
 
+    suppressions = commands.add_parser("suppressions", help="tegami's and SES's suppressions")
+    suppressions_commands = suppressions.add_subparsers(dest="suppressions_command", required=True)
+    suppressions_commands.add_parser(
+        "import-from-ses",
+        help="suppress in tegami every address on SES's account suppression list (idempotent)",
+    )
+
     doctor = commands.add_parser(
         "doctor", help="check SES, SNS, DNS, the database and the public URL: ready to send?"
     )
@@ -297,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(key)
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))
+    elif args.command == "suppressions":
+        raise SystemExit(run_import_from_ses(_settings_or_exit()))
     elif args.command == "doctor":
         raise SystemExit(run_doctor(_settings_or_exit(), nameserver=args.nameserver))
     elif args.command == "simulate":

@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+import httpx
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:tegami-ses-events"
@@ -71,6 +73,8 @@ class FakeAws:
     # address -> (reason, last update time): SES's account-level suppression list
     suppressed: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     page_size: int = 1  # small pages, so clients must follow NextToken
+    # SES v2 calls this fake does not speak (SendEmail, ...) go on to this endpoint (moto's).
+    proxy_to: str | None = None
     calls: list[str] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
@@ -123,7 +127,20 @@ class FakeAws:
                     return
                 fake.calls.append(f"{method} {url.path}")
                 status, answer, error = fake.sesv2(method, url.path, query, body)
+                if error == UNKNOWN and fake.proxy_to is not None:
+                    self._forward(method, body)
+                    return
                 self._send(status, json.dumps(answer).encode(), "application/json", error)
+
+            def _forward(self, method: str, body: bytes) -> None:
+                assert fake.proxy_to is not None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                answer = httpx.request(
+                    method, fake.proxy_to + self.path, headers=headers, content=body, timeout=30
+                )
+                error = answer.headers.get("x-amzn-ErrorType", "")
+                kind = answer.headers.get("Content-Type", "application/json")
+                self._send(answer.status_code, answer.content, kind, error)
 
             def _send(self, status: int, data: bytes, kind: str, error: str) -> None:
                 self.send_response(status)
@@ -167,7 +184,7 @@ class FakeAws:
     ) -> tuple[int, dict[str, Any], str]:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[:2] != ["v2", "email"]:
-            return _not_found("no such operation")
+            return _unknown()
         rest = parts[2:]
         if method == "GET" and rest == ["account"]:
             return 200, self.account, ""
@@ -183,7 +200,7 @@ class FakeAws:
             return 200, {"EventDestinations": self.configuration_sets[rest[1]]}, ""
         if rest[:2] == ["suppression", "addresses"]:
             return self._suppression(method, rest[2:], query, body)
-        return _not_found("no such operation")
+        return _unknown()
 
     def _identity(self, name: str) -> tuple[int, dict[str, Any], str]:
         if name != self.domain:
@@ -235,7 +252,7 @@ class FakeAws:
             if start + self.page_size < len(addresses):
                 answer["NextToken"] = str(start + self.page_size)
             return 200, answer, ""
-        return _not_found("no such operation")
+        return _unknown()
 
     # -- SNS (query protocol) ---------------------------------------------------------------
 
@@ -265,6 +282,13 @@ class FakeAws:
             f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
             "</ListSubscriptionsByTopicResponse>"
         )
+
+
+UNKNOWN = "UnknownOperationException"
+
+
+def _unknown() -> tuple[int, dict[str, Any], str]:
+    return 404, {"message": "not implemented by the fake"}, UNKNOWN
 
 
 def _not_found(message: str) -> tuple[int, dict[str, Any], str]:
