@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -13,9 +14,15 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from app.config import DatabaseSettings, Settings, SettingsError, load_settings
 from app.ops.domain import add_domain_commands, run_domain_command
+
+if TYPE_CHECKING:
+    import httpx
+
+    from app.ops.doctor import Check
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,6 +234,88 @@ def dev_api_key(settings: Settings, key_file: Path) -> str:
     return key
 
 
+async def _doctor_checks(
+    settings: Settings, *, nameserver: str | None, http: httpx.AsyncClient | None
+) -> list[Check]:
+    import httpx
+
+    from app.db import create_engine
+    from app.ops.doctor import run_checks
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if http is None:
+                http = await stack.enter_async_context(httpx.AsyncClient())
+            return await run_checks(settings, engine=engine, http=http, nameserver=nameserver)
+    finally:
+        await engine.dispose()
+
+
+def run_doctor(
+    settings: Settings,
+    *,
+    nameserver: str | None = None,
+    out: TextIO | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> int:
+    """`tegami doctor`: one line per check; exit 1 when any failed."""
+    from app.ops.doctor import ready, report
+
+    checks = asyncio.run(
+        _doctor_checks(settings, nameserver=nameserver or settings.dns_nameserver, http=http)
+    )
+    print(report(checks), end="", file=out or sys.stdout)
+    return 0 if ready(checks) else 1
+
+
+async def _import_from_ses(settings: Settings) -> tuple[int, int]:
+    import aioboto3
+
+    from app.db import create_engine, create_sessionmaker
+    from app.main import ses_client_config
+    from app.ops.domain import region_from_environment
+    from app.recipients.ses_list import SesSuppressionList, import_from_ses
+
+    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async with (
+            aioboto3.Session().client(
+                "sesv2", region_name=region_from_environment(), config=ses_client_config(settings)
+            ) as client,
+            create_sessionmaker(engine)() as session,
+        ):
+            result = await import_from_ses(
+                session,
+                SesSuppressionList(client),
+                secret=settings.address_hash_secret.get_secret_value(),
+            )
+            await session.commit()
+            return result.imported, result.known
+    finally:
+        await engine.dispose()
+
+
+def run_import_from_ses(settings: Settings, *, out: TextIO | None = None) -> int:
+    """`tegami suppressions import-from-ses`: SES's account suppression list into tegami."""
+    from app.config import MailBackend
+    from app.recipients.ses_list import SesUnavailable
+
+    if settings.mail_backend == MailBackend.MAILBOX:
+        print("tegami: the mailbox backend has no SES suppression list", file=sys.stderr)
+        return 2
+    try:
+        imported, known = asyncio.run(_import_from_ses(settings))
+    except SesUnavailable as exc:
+        print(f"tegami: {exc.message}; nothing imported", file=sys.stderr)
+        return 1
+    print(
+        f"imported {imported} suppression(s) from SES's list; {known} already known",
+        file=out or sys.stdout,
+    )
+    return 0
+
+
 def export_openapi() -> str:
     from app.main import create_app
 
@@ -399,6 +488,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_domain_commands(commands)
 
+    suppressions = commands.add_parser("suppressions", help="tegami's and SES's suppressions")
+    suppressions_commands = suppressions.add_subparsers(dest="suppressions_command", required=True)
+    suppressions_commands.add_parser(
+        "import-from-ses",
+        help="suppress in tegami every address on SES's account suppression list (idempotent)",
+    )
+
+    doctor = commands.add_parser(
+        "doctor", help="check SES, SNS, DNS, the database and the public URL: ready to send?"
+    )
+    doctor.add_argument(
+        "--nameserver",
+        metavar="HOST[:PORT]",
+        help="ask this DNS server for the domain's records (default: TEGAMI_DNS_NAMESERVER, "
+        "else the system resolver)",
+    )
+
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument(
         "--output", type=Path, metavar="FILE", help="write it to FILE instead of stdout"
@@ -427,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         api_key(args)
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))
+    elif args.command == "suppressions":
+        raise SystemExit(run_import_from_ses(_settings_or_exit()))
+    elif args.command == "doctor":
+        raise SystemExit(run_doctor(_settings_or_exit(), nameserver=args.nameserver))
     elif args.command == "simulate":
         run_simulate(args.event, args.email, soft=args.soft, url=args.url)
     elif args.command == "openapi":

@@ -55,6 +55,8 @@ class Settings(DatabaseSettings):
     # slow SES call.
     send_lease_seconds: float = Field(default=60.0, ge=2.0, le=3600.0)
     sns_topic_arns: CommaList = []
+    # HOST[:PORT] that `tegami doctor` and GET /status/setup ask for the domain's records.
+    dns_nameserver: str | None = None
     sns_cert_dir: Path | None = None
     sns_max_age_seconds: int = Field(default=3900, ge=0)
     reputation_guard: bool = True

@@ -32,6 +32,7 @@ from app.ops.reputation import ReputationWatch
 from app.ops.requests import RequestIdMiddleware
 from app.ops.status import router as status_router
 from app.recipients.router import router as recipients_router
+from app.recipients.ses_list import SesSuppressionList
 from app.sns.router import router as sns_router
 from app.sns.signature import CertificateStore
 from app.unsubscribe.router import router as unsubscribe_router
@@ -88,6 +89,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.http = http
         app.state.sns_certificates = CertificateStore(http=http, cert_dir=settings.sns_cert_dir)
         app.state.sender = sender
+        app.state.ses_suppression_list = SesSuppressionList(
+            sender.client if isinstance(sender, SesSender) else None
+        )
         reputation = ReputationWatch(
             engine=engine,
             settings=settings,

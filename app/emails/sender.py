@@ -108,6 +108,11 @@ class SesSender:
         self._client = client
         self._configuration_set = configuration_set
 
+    @property
+    def client(self) -> SESV2Client:
+        """The SES v2 client, for SES calls other than sending (the suppression list)."""
+        return self._client
+
     async def send(self, mail: OutgoingMail) -> str:
         extra: dict[str, str] = {}
         if self._configuration_set:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Request
 from pydantic import AfterValidator
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -15,14 +16,20 @@ from app.emails.schemas import check_address
 from app.errors import NotFound
 from app.models import SuppressionReason
 from app.recipients import service
-from app.recipients.addresses import address_hash
+from app.recipients.addresses import address_hash, mask_address
 from app.recipients.schemas import (
     AuditEventRead,
+    ErasureRead,
     OptOutRead,
     RecipientRead,
+    SesSuppressionListRead,
     SuppressionCreate,
+    SuppressionLiftRead,
     SuppressionRead,
 )
+from app.recipients.ses_list import SesListOutcome, SesSuppressionList, SesUnavailable
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/recipients", tags=["recipients"])
 
@@ -122,29 +129,42 @@ async def suppress_recipient(
     return await _state(session, hashed)
 
 
+def _ses_list(request: Request) -> SesSuppressionList:
+    ses_list: SesSuppressionList = request.app.state.ses_suppression_list
+    return ses_list
+
+
 @router.delete(
     "/{email:anytext}/suppression",
-    status_code=204,
+    response_model=SuppressionLiftRead,
     summary="Lift a suppression",
     description="Whatever its reason. The consecutive soft-bounce count starts again from 0. "
+    "The address is taken off SES's account-level suppression list first (SES drops mail to "
+    "an address on it): when SES cannot be asked, nothing changes and the answer is 502. "
     "Needs an admin key.",
     responses={
         **UNAUTHORIZED,
         **FORBIDDEN,
         404: {"description": "The address is not suppressed (`suppression_not_found`)."},
         **INVALID_ADDRESS,
+        502: {
+            "description": "SES's suppression list could not be updated (`ses_unavailable`); "
+            "the suppression stays: try again."
+        },
     },
 )
 async def lift_suppression(
     email: EmailPath, request: Request, session: SessionDep, caller: AdminKeyDep
-) -> Response:
-    lifted = await service.lift_suppression(
-        session, address_hash=_hash(request, email), cause=caller.cause
-    )
-    if not lifted:
+) -> SuppressionLiftRead:
+    hashed = _hash(request, email)
+    if await service.suppression_reason(session, address_hash=hashed) is None:
+        raise NotFound("the address is not suppressed", code="suppression_not_found")
+    # SES first: if it fails, tegami still holds the suppression and the operator retries.
+    outcome = await _ses_list(request).remove(email)
+    if not await service.lift_suppression(session, address_hash=hashed, cause=caller.cause):
         raise NotFound("the address is not suppressed", code="suppression_not_found")
     await session.commit()
-    return Response(status_code=204)
+    return SuppressionLiftRead(ses_suppression_list=SesSuppressionListRead(outcome=outcome))
 
 
 @router.get(
@@ -165,19 +185,37 @@ async def get_recipient(
 
 @router.delete(
     "/{email:anytext}",
-    status_code=204,
+    response_model=ErasureRead,
     summary="Erase the personal data held for an address",
     description="Removes the address, the app's user id and the mails' params. Queued mail to "
     "the address is not sent. A suppression stays, held as a keyed hash of the address, so an "
-    "address that bounced or complained stays blocked. Erasing an unknown address is not an "
-    "error.",
+    "address that bounced or complained stays blocked. The address is also taken off SES's "
+    "account-level suppression list; when SES cannot be reached the erasure still happens and "
+    "`ses_suppression_list.outcome` is `failed`. Erasing an unknown address is not an error.",
     responses={**UNAUTHORIZED, **INVALID_ADDRESS},
 )
 async def erase_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
-) -> Response:
-    await service.erase(
+) -> ErasureRead:
+    erased = await service.erase(
         session, address=email, address_hash=_hash(request, email), cause=caller.cause
     )
     await session.commit()
-    return Response(status_code=204)
+    try:
+        outcome = await _ses_list(request).remove(email)
+    except SesUnavailable as exc:
+        log.warning(
+            "erased, but SES's suppression list could not be updated",
+            extra={
+                "event": "ses_suppression_list_not_updated",
+                "address": mask_address(email),
+                "error": exc.message,
+            },
+        )
+        return ErasureRead(
+            erased=erased,
+            ses_suppression_list=SesSuppressionListRead(
+                outcome=SesListOutcome.FAILED, message=exc.message
+            ),
+        )
+    return ErasureRead(erased=erased, ses_suppression_list=SesSuppressionListRead(outcome=outcome))

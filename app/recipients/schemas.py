@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.emails.schemas import check_storable
 from app.models import SuppressionReason
+from app.recipients.ses_list import SesListOutcome
 
 
 class SuppressionRead(BaseModel):
@@ -63,3 +64,23 @@ class SuppressionCreate(BaseModel):
     @classmethod
     def _detail(cls, value: str | None) -> str | None:
         return check_storable(value)
+
+
+class SesSuppressionListRead(BaseModel):
+    outcome: SesListOutcome = Field(
+        description="What happened to the address on SES's account-level suppression list: "
+        "`removed`, `not_listed` (SES did not hold it), `no_ses` (the mailbox backend: no SES "
+        "to update), `failed` (SES could not be reached: its list may still hold the address, "
+        "so SES would drop mail to it; see `message`)."
+    )
+    message: str | None = Field(default=None, description="Why, when `failed`.")
+
+
+class SuppressionLiftRead(BaseModel):
+    lifted: Literal[True] = True
+    ses_suppression_list: SesSuppressionListRead
+
+
+class ErasureRead(BaseModel):
+    erased: bool = Field(description="False when tegami held no personal data for the address.")
+    ses_suppression_list: SesSuppressionListRead

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, func, null, or_, select, update
@@ -115,6 +116,40 @@ async def suppress(
             detail=detail,
         )
     return created
+
+
+# The cause of suppressions brought in from SES's account-level suppression list.
+SES_LIST_CAUSE = "ses-suppression-list"
+
+
+async def import_ses_suppression(
+    session: AsyncSession,
+    *,
+    address_hash: bytes,
+    reason: SuppressionReason,
+    ses_reason: str,
+    listed_at: datetime | None,
+) -> bool:
+    """Suppress an address found on SES's own list, keeping SES's reason and date on record.
+
+    False when tegami already suppressed it (its first reason and cause stay).
+    """
+    when = listed_at.astimezone(UTC).isoformat() if listed_at is not None else "unknown"
+    return await suppress(
+        session,
+        address_hash=address_hash,
+        reason=reason,
+        cause=SES_LIST_CAUSE,
+        detail=f"on SES's account suppression list: reason {ses_reason}, last updated {when}",
+    )
+
+
+async def suppression_reason(session: AsyncSession, *, address_hash: bytes) -> str | None:
+    return (
+        await session.execute(
+            select(Suppression.reason).where(Suppression.address_hash == address_hash)
+        )
+    ).scalar_one_or_none()
 
 
 async def lift_suppression(session: AsyncSession, *, address_hash: bytes, cause: str) -> bool:

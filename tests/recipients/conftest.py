@@ -1,0 +1,14 @@
+"""Every recipient test reaches an SES with an account suppression list (lifts and erasures
+update it), with moto behind it for sending."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fake_aws import FakeAws
+
+
+@pytest.fixture(autouse=True)
+def _ses_with_suppression_list(ses_account: FakeAws) -> FakeAws:
+    # Autouse: set up before the app starts, so its SES client goes through the fake.
+    return ses_account
