@@ -141,11 +141,18 @@ def parse_message(body: bytes | str) -> dict[str, Any]:
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         message = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SnsShapeError(f"not JSON: {exc}") from exc
+    except RecursionError:
+        raise SnsShapeError("not JSON: nested too deeply") from None
+    except ValueError as exc:
+        # Invalid UTF-8, malformed JSON, and integers of more digits than Python converts
+        # (sys.get_int_max_str_digits) are all ValueErrors.
+        raise SnsShapeError(f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(message, dict):
         raise SnsShapeError("not a JSON object")
     _require_strings(message)
+    # SNS escapes what it carries; a NUL in a field cannot be stored and is no SNS message.
+    if any("\x00" in value for value in message.values() if isinstance(value, str)):
+        raise SnsShapeError("a field holds a NUL character")
     if _parse_timestamp(message["Timestamp"]) is None:
         raise SnsShapeError("Timestamp is not ISO-8601 UTC")
     return message
