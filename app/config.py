@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -100,6 +100,17 @@ class Settings(DatabaseSettings):
             raise ValueError("must start with https:// (or http:// for local development)")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _https_for_ses(self) -> Settings:
+        # RFC 8058: the one-click List-Unsubscribe URI must be HTTPS, or mailbox providers
+        # ignore it. Real mail goes out only through SES; the mailbox backend stays local.
+        if self.mail_backend is MailBackend.SES and not self.public_base_url.startswith("https://"):
+            raise ValueError(
+                "TEGAMI_PUBLIC_BASE_URL must start with https:// when TEGAMI_MAIL_BACKEND=ses "
+                "(RFC 8058 one-click unsubscribe links must be HTTPS)"
+            )
+        return self
+
 
 def to_asyncpg_url(url: str) -> str:
     """Accept the plain ``postgresql://user:pass@host/db`` form that RDS shows.
@@ -136,9 +147,15 @@ def load_database_settings() -> DatabaseSettings:
 def describe_errors(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        name = "TEGAMI_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        if not error["loc"]:
+            # A check across settings: its message names them itself.
+            lines.append(str(error.get("ctx", {}).get("error", error["msg"])))
+            continue
+        name = "TEGAMI_" + str(error["loc"][0]).upper()
         problem = "is required" if error["type"] == "missing" else error["msg"]
         lines.append(f"{name} {problem}")
+    if len(lines) == 1:
+        return f"invalid settings: {lines[0]}"
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

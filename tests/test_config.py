@@ -79,3 +79,38 @@ def test_rds_style_database_urls_are_accepted(given: str, expected: str) -> None
 def test_other_databases_are_refused() -> None:
     with pytest.raises(ValueError, match="postgresql://"):
         to_asyncpg_url("mysql://u@h/db")
+
+
+def test_ses_backend_needs_an_https_public_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in REQUIRED.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TEGAMI_PUBLIC_BASE_URL", "http://mail.proworks.jp")
+    monkeypatch.setenv("TEGAMI_MAIL_BACKEND", "ses")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        "invalid settings: TEGAMI_PUBLIC_BASE_URL must start with https:// when "
+        "TEGAMI_MAIL_BACKEND=ses (RFC 8058 one-click unsubscribe links must be HTTPS)"
+    )
+
+    monkeypatch.setenv("TEGAMI_MAIL_BACKEND", "mailbox")
+    assert load_settings().public_base_url == "http://mail.proworks.jp"
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_start_up_with_ses_and_an_http_base_url_stops_in_one_line(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEGAMI_")}
+    env.update(REQUIRED, TEGAMI_PUBLIC_BASE_URL="http://mail.proworks.jp")
+    done = subprocess.run(  # noqa: S603  (command is one of the two above)
+        [sys.executable, "-m", "app.cli", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "tegami: invalid settings: TEGAMI_PUBLIC_BASE_URL must start with https:// when "
+        "TEGAMI_MAIL_BACKEND=ses (RFC 8058 one-click unsubscribe links must be HTTPS)"
+    ]
+    assert done.stdout == ""

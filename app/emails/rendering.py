@@ -24,6 +24,7 @@ from importlib.resources import files
 from string import Template
 
 from app.emails.catalog import EMAIL_KINDS, Category, EmailKind
+from app.recipients.addresses import AddressError, wire_address
 
 # SMTP: CRLF line ends, RFC 2047 words for non-ASCII headers, folding at 78 columns.
 # refold_source="none" only affects headers stored with set_raw: List-Unsubscribe must stay one
@@ -34,11 +35,6 @@ _MAX_LINE = 998
 # C0/C1 controls (CR, LF, NUL, NEL, ...) and the Unicode line and paragraph separators:
 # the Unicode categories Cc, Zl and Zp, which hold exactly these code points.
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# RFC 5322 dot-atom addresses, ASCII, with a dotted domain.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+", re.ASCII)
-_MAX_UNFOLDED = 70  # "To: " + address stays within the 78-column fold
 # Printable ASCII but '"', '<' and '>'.
 _URL_IN_ANGLES = re.compile(r"[!#-;=?-~]+")
 
@@ -173,11 +169,14 @@ def _refuse_controls(name: str, value: str) -> None:
 
 
 def _to_line(to: str) -> bytes:
-    # A bare, short dot-atom address (what the API accepts) folds to itself; anything else
-    # goes through the email package's parser, which validates and folds it.
-    if _PLAIN_ADDRESS.fullmatch(to) and len(to) <= _MAX_UNFOLDED:
-        return b"To: %s\r\n" % to.encode("ascii")
-    return _POLICY.fold_binary("To", _mailbox_header("To", to))  # type: ignore[arg-type]
+    # The one address rule (app/recipients/addresses.py): a bare addr-spec, its local part
+    # quoted only when it is not a dot-atom (legacy docomo/au addresses). It has no
+    # whitespace, so the email package would not fold it either; at most 254 characters, it
+    # stays well inside the 998-octet line limit.
+    try:
+        return b"To: %s\r\n" % wire_address(to).encode("ascii")
+    except AddressError as exc:
+        raise ValueError(f"To: {exc}") from None
 
 
 def _mailbox_header(name: str, value: str) -> AddressHeader:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -11,20 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.emails.catalog import EMAIL_KINDS
 from app.models import MessageStatus
+from app.recipients.addresses import check_address
 
 EmailType = StrEnum("EmailType", {name.replace("-", "_"): name for name in EMAIL_KINDS})  # type: ignore[misc]
-
-# SES takes ASCII addresses only (no SMTPUTF8); IDN domains must come as punycode.
-_ADDRESS = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@"
-    r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
-)
-
-
-def check_address(value: str) -> str:
-    if not _ADDRESS.match(value) or ".." in value or value.startswith("."):
-        raise ValueError("not a valid email address (ASCII addr-spec, e.g. taro@example.com)")
-    return value
 
 
 def check_storable(value: str | None) -> str | None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app.recipients.addresses import wire_address
+
 if TYPE_CHECKING:
     from types_aiobotocore_sesv2 import SESV2Client
 
@@ -120,7 +122,8 @@ class SesSender:
         try:
             answer = await self._client.send_email(
                 FromEmailAddress=mail.from_address,
-                Destination={"ToAddresses": [mail.to]},
+                # Quoted as in the To: line when the local part is not a dot-atom.
+                Destination={"ToAddresses": [wire_address(mail.to)]},
                 Content={"Raw": {"Data": mail.raw}},
                 EmailTags=[{"Name": k, "Value": v} for k, v in mail.tags.items()],
                 **extra,  # type: ignore[arg-type]

@@ -12,11 +12,10 @@ from starlette.convertors import Convertor, register_url_convertor
 from app.api_keys import FORBIDDEN, AdminKeyDep, ApiKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.emails.schemas import check_address
 from app.errors import NotFound
 from app.models import SuppressionReason
 from app.recipients import service
-from app.recipients.addresses import address_hash, mask_address
+from app.recipients.addresses import address_hash, check_address, mask_address
 from app.recipients.schemas import (
     AuditEventRead,
     ErasureRead,

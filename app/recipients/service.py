@@ -326,7 +326,9 @@ async def _scrub_quotes(
 ) -> None:
     """Replace the address wherever free text quotes it (SES bounce diagnostics often do)."""
     # re.escape's backslashes mean "this character, literally" to PostgreSQL's regex as well.
-    pattern = re.escape(normalize_address(address))
+    # Either spelling of a legacy carrier address: `taro.@x` or `"taro."@x`.
+    local, _, domain = normalize_address(address).rpartition("@")
+    pattern = f'"?{re.escape(local)}"?@{re.escape(domain)}'
 
     def quoting(column: Any) -> Any:
         return column.regexp_match(pattern, flags="i")

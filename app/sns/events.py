@@ -8,6 +8,7 @@ recipients, bounce type), tolerant of everything SES adds, omits or formats diff
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +82,9 @@ _RECIPIENT_LISTS: dict[EventKind, str] = {
     EventKind.DELIVERY_DELAY: "delayedRecipients",
 }
 
+# What PostgreSQL text cannot hold: NUL, and lone surrogates (a JSON "\ud800" decodes to one).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 # Diagnostic codes can run to a paragraph; the full payload is kept elsewhere by the caller.
 _DETAIL_MAX = 1000
 
@@ -95,6 +99,8 @@ def parse_ses_event(message: str | Mapping[str, Any]) -> SesEvent:
     message_id = mail.get("messageId")
     if not isinstance(message_id, str) or not message_id.strip():
         raise SesEventError("SES event has no mail.messageId")
+    if not message_id.isprintable():
+        raise SesEventError("mail.messageId holds control characters or lone surrogates")
 
     occurred_raw = payload.get("timestamp") or mail.get("timestamp")
     if occurred_raw is None:
@@ -187,7 +193,12 @@ def _bare_address(raw: str, where: str) -> str:
     parsed = getaddresses([raw])
     if len(parsed) != 1 or "@" not in parsed[0][1]:
         raise SesEventError(f"{where} has an entry that is not one address")
-    return parsed[0][1].strip()
+    address = parsed[0][1].strip()
+    # NUL, other controls and lone surrogates ("\\ud800" in the JSON) cannot be stored or
+    # hashed; no mailbox has them.
+    if not address.isprintable():
+        raise SesEventError(f"{where} has an address with control characters")
+    return address
 
 
 def _timestamp(raw: object) -> datetime:
@@ -236,4 +247,10 @@ def _tags(raw: object) -> Mapping[str, tuple[str, ...]]:
 def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
     # SES writes null (complaintSubType) or leaves fields out; both mean "not given".
     value = obj.get(key)
-    return (value.strip() or None) if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    if _UNSTORABLE.search(value):
+        # Free text from remote MTAs: keep what can be stored (PostgreSQL text holds neither
+        # NUL nor lone surrogates) rather than lose the event.
+        value = _UNSTORABLE.sub("\ufffd", value)
+    return value.strip() or None

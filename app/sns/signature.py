@@ -14,8 +14,9 @@ import datetime as dt
 import functools
 import json
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -38,6 +39,10 @@ class SnsVerificationError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+class _Busy(SnsVerificationError):
+    """No download slot came free in time: an answer about the moment, not about the URL."""
 
 
 MESSAGE_TYPES: Final = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
@@ -141,11 +146,18 @@ def parse_message(body: bytes | str) -> dict[str, Any]:
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         message = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SnsShapeError(f"not JSON: {exc}") from exc
+    except RecursionError:
+        raise SnsShapeError("not JSON: nested too deeply") from None
+    except ValueError as exc:
+        # Invalid UTF-8, malformed JSON, and integers of more digits than Python converts
+        # (sys.get_int_max_str_digits) are all ValueErrors.
+        raise SnsShapeError(f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(message, dict):
         raise SnsShapeError("not a JSON object")
     _require_strings(message)
+    # SNS escapes what it carries; a NUL in a field cannot be stored and is no SNS message.
+    if any("\x00" in value for value in message.values() if isinstance(value, str)):
+        raise SnsShapeError("a field holds a NUL character")
     if _parse_timestamp(message["Timestamp"]) is None:
         raise SnsShapeError("Timestamp is not ISO-8601 UTC")
     return message
@@ -256,10 +268,21 @@ def check_age(message: Mapping[str, Any], *, now: dt.datetime, max_age_seconds: 
 # --- certificates ------------------------------------------------------------------------
 
 
+# A certificate that could not be fetched is not asked for again for this long: SNS retries a
+# failed delivery within seconds, and forged certificate names (any hex passes the URL rule)
+# must not turn each request into a download from AWS.
+CERT_FAILURE_SECONDS: Final = 30.0
+# Downloads in flight at once, over all URLs; the same URL is only ever downloaded once at a time.
+CERT_DOWNLOADS_AT_ONCE: Final = 4
+
+
 class CertificateStore:
     """Signing certificates by URL: from ``cert_dir`` when there, else downloaded once.
 
-    Bounded LRU; failures are not cached; concurrent gets for one URL share one download.
+    Bounded LRU of certificates; failures remembered for ``failure_seconds`` (bounded too);
+    concurrent gets for one URL share one download; at most ``downloads_at_once`` downloads
+    run together, and a get that waits longer than ``slot_timeout`` (default ``timeout``) for
+    a turn gives up.
     """
 
     def __init__(
@@ -270,13 +293,25 @@ class CertificateStore:
         max_entries: int = 64,
         timeout: float = 5.0,
         max_bytes: int = 64 * 1024,
+        failure_seconds: float = CERT_FAILURE_SECONDS,
+        max_failures: int = 1024,
+        downloads_at_once: int = CERT_DOWNLOADS_AT_ONCE,
+        slot_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http = http
         self._cert_dir = cert_dir
         self._max_entries = max_entries
         self._timeout = timeout
+        self._slot_timeout = timeout if slot_timeout is None else slot_timeout
         self._max_bytes = max_bytes
+        self._failure_seconds = failure_seconds
+        self._max_failures = max_failures
+        self._clock = clock
+        self._downloads = asyncio.Semaphore(downloads_at_once)
         self._cache: OrderedDict[str, x509.Certificate] = OrderedDict()
+        # url -> (clock time until which it is not tried again, what went wrong)
+        self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._pending: dict[str, asyncio.Task[x509.Certificate]] = {}
 
     async def get(self, url: str) -> x509.Certificate:
@@ -284,6 +319,12 @@ class CertificateStore:
         if cached is not None:
             self._cache.move_to_end(url)
             return cached
+        failed = self._failed.get(url)
+        if failed is not None:
+            until, detail = failed
+            if self._clock() < until:
+                raise SnsVerificationError("cert_unavailable", f"recently failed ({detail})")
+            del self._failed[url]
         task = self._pending.get(url)
         if task is None:
             task = asyncio.create_task(self._load(url))
@@ -295,16 +336,33 @@ class CertificateStore:
     def _finished(self, url: str, task: asyncio.Task[x509.Certificate]) -> None:
         if self._pending.get(url) is task:
             del self._pending[url]
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
             self._cache[url] = task.result()
             self._cache.move_to_end(url)
             while len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)
+        elif isinstance(error, SnsVerificationError) and not isinstance(error, _Busy):
+            self._failed[url] = (self._clock() + self._failure_seconds, str(error)[:200])
+            self._failed.move_to_end(url)
+            while len(self._failed) > self._max_failures:
+                self._failed.popitem(last=False)
 
     async def _load(self, url: str) -> x509.Certificate:
         pem = self._from_dir(url)
         if pem is None:
-            pem = await self._download(url)
+            try:
+                async with asyncio.timeout(self._slot_timeout):
+                    await self._downloads.acquire()
+            except TimeoutError:
+                # Says nothing about this URL: not remembered as its failure.
+                raise _Busy("cert_unavailable", "too many certificate downloads") from None
+            try:
+                pem = await self._download(url)
+            finally:
+                self._downloads.release()
         try:
             return x509.load_pem_x509_certificate(pem)
         except ValueError as exc:

@@ -234,7 +234,9 @@ async def test_recipient_api_requires_an_api_key(
     assert answer.json()["error"]["code"] == "unauthorized"
 
 
-@pytest.mark.parametrize("address", ["not-an-address", "taro@", "@example.com", "a..b@example.com"])
+@pytest.mark.parametrize(
+    "address", ["not-an-address", "taro@", "@example.com", "a b@example.com", "taro@example.com%0A"]
+)
 async def test_nonsense_address_is_422(
     client: httpx.AsyncClient, auth: dict[str, str], address: str
 ) -> None:

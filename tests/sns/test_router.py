@@ -745,3 +745,30 @@ async def test_unreachable_signing_certificate_answers_503_so_sns_retries(
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "certificate_unavailable"
     await assert_sendable(sns, auth, "later@example.com")
+
+
+async def test_a_failed_certificate_is_not_downloaded_again_when_sns_retries_at_once(
+    sns: Sns, auth: dict[str, str]
+) -> None:
+    from app.sns.signature import CertificateStore
+
+    attempts: list[str] = []
+
+    def aws_is_down(request: httpx.Request) -> httpx.Response:
+        attempts.append(str(request.url))
+        return httpx.Response(503)
+
+    app = sns.client.app  # type: ignore[attr-defined]
+    app.state.sns_certificates = CertificateStore(
+        http=httpx.AsyncClient(transport=httpx.MockTransport(aws_is_down))
+    )
+    other_cert = f"https://sns.{REGION}.amazonaws.com/SimpleNotificationService-abcdef.pem"
+    message = sns.notification(
+        ses_event("eventpub-bounce-permanent-general.json", to="later@example.com"),
+        SigningCertURL=other_cert,
+    )
+    for _ in range(3):  # SNS retrying, or a forger replaying the name
+        answer = await sns.post(message)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "certificate_unavailable"
+    assert attempts == [other_cert]

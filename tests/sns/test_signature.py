@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.sns.signature import (
+    CERT_FAILURE_SECONDS,
     MESSAGE_TYPES,
     CertificateStore,
     SnsShapeError,
@@ -31,6 +32,7 @@ from app.sns.signature import (
     verify_message,
     verify_signature,
 )
+from tests.conditions import eventually
 
 GENUINE_DIR = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sns-genuine"
 GENUINE_CERT_NAME = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem"
@@ -517,18 +519,108 @@ async def test_concurrent_gets_for_one_url_share_one_download() -> None:
     assert downloads.calls == 1
 
 
-async def test_store_does_not_cache_failures() -> None:
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_store_remembers_a_failure_briefly_then_tries_again() -> None:
     answers = iter([httpx.Response(503), httpx.Response(200, content=GENUINE_CERT_PEM)])
 
     async def flaky(request: httpx.Request) -> httpx.Response:
         return next(answers)
 
     downloads = Downloads(flaky)
-    store, http = store_with(downloads)
+    clock = Clock()
+    store, http = store_with(downloads, clock=clock)
     async with http:
-        with pytest.raises(SnsVerificationError, match="cert_unavailable"):
+        with pytest.raises(SnsVerificationError, match=r"cert_unavailable.*HTTP 503"):
             await store.get(cert_url(HEX))
+        clock.now += CERT_FAILURE_SECONDS - 1
+        with pytest.raises(SnsVerificationError, match="cert_unavailable: recently failed"):
+            await store.get(cert_url(HEX))
+        assert downloads.calls == 1  # the repeat within the window asked nobody
+        clock.now += 1
         assert await store.get(cert_url(HEX)) == GENUINE_CERT
+        assert await store.get(cert_url(HEX)) == GENUINE_CERT
+    assert downloads.calls == 2
+
+
+async def test_forged_certificate_names_cost_one_download_each_per_window() -> None:
+    async def not_found(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404)
+
+    downloads = Downloads(not_found)
+    store, http = store_with(downloads, clock=Clock())
+    names = [f"{n:04x}" for n in range(20)]
+    async with http:
+        for _ in range(5):
+            results = await asyncio.gather(
+                *(store.get(cert_url(name)) for name in names), return_exceptions=True
+            )
+            assert all(isinstance(r, SnsVerificationError) for r in results)
+    assert downloads.calls == len(names)
+
+
+async def test_downloads_in_flight_are_bounded_and_one_url_is_fetched_once_at_a_time() -> None:
+    in_flight: dict[str, int] = {}
+    most = 0
+    released = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal most
+        url = str(request.url)
+        in_flight[url] = in_flight.get(url, 0) + 1
+        most = max(most, sum(in_flight.values()))
+        assert in_flight[url] == 1
+        await released.wait()
+        in_flight[url] -= 1
+        return httpx.Response(200, content=GENUINE_CERT_PEM)
+
+    downloads = Downloads(slow)
+    store, http = store_with(downloads, downloads_at_once=3)
+    urls = [cert_url(f"{n:02x}") for n in range(8)]
+    async with http:
+        gets = asyncio.gather(*(store.get(url) for url in urls * 3))
+
+        async def three_in_flight() -> bool:
+            return sum(in_flight.values()) == 3
+
+        await eventually(three_in_flight)
+        assert downloads.calls == 3  # the others wait for a slot
+        released.set()
+        assert all(cert == GENUINE_CERT for cert in await gets)
+    assert most == 3
+    assert downloads.calls == len(urls)
+
+
+async def test_a_get_that_finds_no_download_slot_in_time_gives_up_without_blaming_the_url() -> None:
+    hold = asyncio.Event()
+
+    async def stuck(request: httpx.Request) -> httpx.Response:
+        await hold.wait()
+        return httpx.Response(200, content=GENUINE_CERT_PEM)
+
+    downloads = Downloads(stuck)
+    store, http = store_with(downloads, downloads_at_once=1, slot_timeout=0.1)
+    async with http:
+        first = asyncio.ensure_future(store.get(cert_url("aa")))
+
+        async def downloading() -> bool:
+            return downloads.calls == 1
+
+        await eventually(downloading)
+        with pytest.raises(SnsVerificationError, match="too many certificate downloads"):
+            await store.get(cert_url("bb"))
+        hold.set()
+        assert await first == GENUINE_CERT
+        # "bb" was not remembered as failed: it is fetched now that a slot is free.
+        assert await store.get(cert_url("bb")) == GENUINE_CERT
     assert downloads.calls == 2
 
 
