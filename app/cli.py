@@ -40,24 +40,6 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
-def alembic_ini() -> Path:
-    for candidate in (PROJECT_ROOT / "alembic.ini", Path.cwd() / "alembic.ini"):
-        if candidate.is_file():
-            return candidate
-    raise SystemExit("tegami: alembic.ini not found (run from the project directory)")
-
-
-def migrate(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config(str(alembic_ini()))
-    config.attributes["configure_logger"] = False
-    # configparser treats % as interpolation; URLs may hold percent-escapes.
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
-
-
 def serve(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
@@ -273,8 +255,7 @@ async def _import_from_ses(settings: Settings) -> tuple[int, int]:
     import aioboto3
 
     from app.db import create_engine, create_sessionmaker
-    from app.main import ses_client_config
-    from app.ops.domain import region_from_environment
+    from app.emails.sender import region_from_environment, ses_client_config
     from app.recipients.ses_list import SesSuppressionList, import_from_ses
 
     engine = create_engine(settings.sqlalchemy_url, pool_size=1)
@@ -365,6 +346,8 @@ def dev(*, host: str, port: int) -> None:
     # Explicit TEGAMI_* variables win over the development defaults.
     for key, value in dev_environment(Path(".tegami").resolve(), host=host, port=port).items():
         os.environ.setdefault(key, value)
+    from app.db import migrate
+
     settings = _settings_or_exit()
     migrate(settings.database_url)
     key = dev_api_key(settings, Path(".tegami").resolve() / "dev-api-key")
@@ -528,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not url:
             print("tegami: TEGAMI_DATABASE_URL is required", file=sys.stderr)
             raise SystemExit(2)
+        from app.db import migrate
+
         migrate(url)
     elif args.command == "api-key":
         api_key(args)

@@ -6,6 +6,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
@@ -141,3 +142,31 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def check_storable(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: refused here (422), not at the INSERT (500)."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_ini() -> Path:
+    for candidate in (PROJECT_ROOT / "alembic.ini", Path.cwd() / "alembic.ini"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("tegami: alembic.ini not found (run from the project directory)")
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(alembic_ini()))
+    config.attributes["configure_logger"] = False
+    # configparser treats % as interpolation; URLs may hold percent-escapes.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, "head")

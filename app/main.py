@@ -6,15 +6,10 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
-from importlib.metadata import version
 from typing import Any
 
-import aioboto3
-import botocore
 import httpx
-from botocore.config import Config
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
@@ -22,7 +17,7 @@ from app.config import MailBackend, Settings, load_settings
 from app.db import create_engine, create_sessionmaker
 from app.dev.router import router as dev_router
 from app.emails.router import router as emails_router
-from app.emails.sender import MailboxSender, Sender, SesSender
+from app.emails.sender import SesSender, open_sender
 from app.emails.worker import Worker
 from app.errors import install_error_handlers
 from app.ops.health import router as health_router
@@ -30,6 +25,7 @@ from app.ops.limits import BodySizeLimit
 from app.ops.metrics import router as metrics_router
 from app.ops.reputation import ReputationWatch
 from app.ops.requests import RequestIdMiddleware
+from app.ops.retention import purge_forever
 from app.ops.status import router as status_router
 from app.recipients.router import router as recipients_router
 from app.recipients.ses_list import SesSuppressionList
@@ -38,38 +34,6 @@ from app.sns.signature import CertificateStore
 from app.unsubscribe.router import router as unsubscribe_router
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REGION = "ap-northeast-1"
-SES_USER_AGENT = f"tegami/{version('tegami')} botocore/{botocore.__version__}"
-
-
-def ses_client_config(settings: Settings) -> Config:
-    return Config(
-        # The worker owns retries (backoff, jitter, deadlines); botocore must not add its own.
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=15,
-        max_pool_connections=settings.send_concurrency,
-        # Measured per SendEmail (bench/NOTES.md): botocore rebuilds its detailed User-Agent
-        # twice per call (0.25 ms of CPU); a fixed one is built once. The parameters are
-        # built by SesSender alone and typed, so botocore's validation of them is skipped.
-        user_agent=SES_USER_AGENT,
-        parameter_validation=False,
-    )
-
-
-@contextlib.asynccontextmanager
-async def open_sender(settings: Settings) -> AsyncIterator[Sender]:
-    if settings.mail_backend == MailBackend.MAILBOX:
-        yield MailboxSender(settings.mailbox_dir)
-        return
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-    session = aioboto3.Session()
-    # AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_SESV2 are honoured by botocore itself.
-    async with session.client(
-        "sesv2", region_name=region, config=ses_client_config(settings)
-    ) as client:
-        yield SesSender(client, configuration_set=settings.ses_configuration_set)
 
 
 @contextlib.asynccontextmanager
@@ -108,7 +72,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reputation=reputation,
         )
         app.state.worker = worker
-        worker_task = asyncio.create_task(worker.run(stopping)) if settings.run_worker else None
+        # The background loops, each its own small module; any replica may run them.
+        loops = (
+            [
+                worker.run(stopping),
+                reputation.run(stopping),
+                purge_forever(engine, retention_days=settings.retention_days, stopping=stopping),
+            ]
+            if settings.run_worker
+            else []
+        )
+        tasks = [asyncio.create_task(loop) for loop in loops]
         # What start-up built (botocore's service models, SQLAlchemy's metadata, the routes)
         # lives as long as the process: kept out of the cyclic GC, full collections no longer
         # walk it, which took a few percent of the send path's CPU.
@@ -119,8 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             # Finish the sends in flight before the process goes.
             stopping.set()
-            if worker_task is not None:
-                await worker_task
+            await asyncio.gather(*tasks)
     await engine.dispose()
 
 

@@ -40,6 +40,21 @@ class MessageStatus(StrEnum):
     FAILED = "failed"
 
 
+class Category(StrEnum):
+    # Account mail is sent because the user just asked for it: opt-out does not stop it.
+    ACCOUNT = "account"
+    # Optional mail: an unsubscribe stops it.
+    MATCHING = "matching"
+
+    @property
+    def optional(self) -> bool:
+        """An unsubscribe (opt-out) stops this category; suppression stops every one."""
+        return self in OPTIONAL_CATEGORIES
+
+
+OPTIONAL_CATEGORIES = frozenset({Category.MATCHING})
+
+
 # A message in one of these may still be handed to SES.
 PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
 

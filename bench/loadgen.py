@@ -132,7 +132,7 @@ async def boto(args: argparse.Namespace) -> dict[str, Any]:
     import aioboto3
 
     from app.config import Settings
-    from app.main import ses_client_config
+    from app.emails.sender import ses_client_config
 
     settings = Settings.model_construct(send_concurrency=args.connections)
     raw = os.urandom(args.mail_bytes)

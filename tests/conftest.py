@@ -24,9 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api_keys import create_key
-from app.cli import migrate
 from app.config import MailBackend, Settings
-from app.db import create_engine
+from app.db import create_engine, migrate
 from app.main import create_app
 from app.models import ApiKeyScope
 from app.sns.signature import make_signing_identity

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from app.cli import alembic_ini
+from app.db import alembic_ini
 
 
 def test_models_and_migrations_agree(database_url: str) -> None:

@@ -4,22 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 
-
-class Category(StrEnum):
-    # Account mail is sent because the user just asked for it: opt-out does not stop it.
-    ACCOUNT = "account"
-    # Optional mail: an unsubscribe stops it.
-    MATCHING = "matching"
-
-    @property
-    def optional(self) -> bool:
-        """An unsubscribe (opt-out) stops this category; suppression stops every one."""
-        return self in OPTIONAL_CATEGORIES
-
-
-OPTIONAL_CATEGORIES = frozenset({Category.MATCHING})
+from app.models import Category
 
 
 @dataclass(frozen=True)

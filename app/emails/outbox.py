@@ -42,8 +42,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import NamedStatement
-from app.emails.catalog import Category
-from app.models import MessageStatus
+from app.models import Category, MessageStatus
 
 OUTBOX_CHANNEL = "tegami_outbox"
 # The NOTIFY payload: which process accepted the mail. That process's own worker was already

@@ -23,7 +23,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 from importlib.resources import files
 from string import Template
 
-from app.emails.catalog import EMAIL_KINDS, Category, EmailKind
+from app.emails.catalog import EMAIL_KINDS, EmailKind
+from app.models import Category
 from app.recipients.addresses import AddressError, wire_address
 
 # SMTP: CRLF line ends, RFC 2047 words for non-ASCII headers, folding at 78 columns.

@@ -8,18 +8,12 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.db import check_storable
 from app.emails.catalog import EMAIL_KINDS
 from app.models import MessageStatus
 from app.recipients.addresses import check_address
 
 EmailType = StrEnum("EmailType", {name.replace("-", "_"): name for name in EMAIL_KINDS})  # type: ignore[misc]
-
-
-def check_storable(value: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL: refused here (422), not at the INSERT (500)."""
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
 
 
 class EmailCreate(BaseModel):

@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,12 +36,11 @@ from app.ops.metrics import (
     SES_CALL_LATENCY,
 )
 from app.ops.reputation import REPUTATION_CHANNEL, ReputationWatch
-from app.ops.retention import purge_forever
 from app.recipients.addresses import mask_address
+from app.retry import backoff, retrying
 from app.unsubscribe.tokens import UnsubscribeClaim, make_token
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Mail without a link lifetime is tried for a day at most (the operator's window to mend an
 # account SES paused), then failed with the last error.
@@ -70,9 +67,8 @@ PACING_MARGIN = 0.98
 
 
 def backoff_seconds(attempts: int) -> float:
-    """Exponential from 1 s, capped, with jitter so retries from many mails spread out."""
-    ceiling = min(MAX_BACKOFF_SECONDS, 2.0 ** max(0, attempts - 1))
-    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not security)
+    """After an SES error: from 1 s, doubling, capped, with jitter (app.retry)."""
+    return backoff(attempts, first=1.0, cap=MAX_BACKOFF_SECONDS)
 
 
 def retry_deadline(message: Claimed) -> datetime:
@@ -203,7 +199,7 @@ class Worker:
                 return await outbox.check_before_send(conn, mails=mails)
 
         # Tried again while the database is away, within a part of the lease.
-        return await _retrying(check, within=self.lease / 4)
+        return await retrying(check, within=self.lease / 4)
 
     def _stopped(self, mail: Claimed, standing: Standing, now: datetime) -> Result | None:
         """A result without sending (expired, suppressed, opted out, held, given up), or None
@@ -332,7 +328,7 @@ class Worker:
                 return await outbox.finish(conn, results=results, now=datetime.now(UTC))
 
         try:
-            recorded = await _retrying(finish, within=self.lease / 2)
+            recorded = await retrying(finish, within=self.lease / 2)
         except Exception:
             log.exception("could not record send results", extra={"event": "record_failed"})
             return set()
@@ -408,15 +404,6 @@ class Worker:
             asyncio.create_task(self._listen(stopping)),
             asyncio.create_task(self._refresh_rate_forever(stopping)),
         ]
-        if self.reputation is not None:
-            tasks.append(asyncio.create_task(self.reputation.run(stopping)))
-        tasks.append(
-            asyncio.create_task(
-                purge_forever(
-                    self.engine, retention_days=self.settings.retention_days, stopping=stopping
-                )
-            )
-        )
         try:
             await self._loop(stopping)
         finally:
@@ -449,7 +436,7 @@ class Worker:
                 log.warning(
                     "claim failed; retrying", extra={"event": "claim_failed", "error": repr(exc)}
                 )
-                await self._pause(stopping, min(30.0, 0.5 * 2**errors))
+                await self._pause(stopping, backoff(errors, first=0.5, cap=30.0))
                 continue
             if claim.mails:
                 self._start(claim)
@@ -525,20 +512,6 @@ def _log_lost(message_id: uuid.UUID, when: str) -> None:
         when,
         extra={"event": "email_claim_lost", "email_id": str(message_id)},
     )
-
-
-async def _retrying(operation: Callable[[], Awaitable[T]], *, within: float) -> T:
-    """``operation``, tried again with backoff for ``within`` seconds, then its error."""
-    delay = 0.5
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        try:
-            return await operation()
-        except Exception:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def _first_of(*events: asyncio.Event, within: float | None = None) -> None:

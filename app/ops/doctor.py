@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import MailBackend, Settings
+from app.emails.sender import region_from_environment
 from app.ops import domain
 
 if TYPE_CHECKING:
@@ -378,7 +379,7 @@ def alembic_heads() -> set[str]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from app.cli import alembic_ini
+    from app.db import alembic_ini
 
     return set(ScriptDirectory.from_config(Config(str(alembic_ini()))).get_heads())
 
@@ -440,7 +441,7 @@ async def check_public_url(base_url: str, *, http: httpx.AsyncClient) -> Check:
 def _client(service: str, settings: Settings, region: str) -> Any:
     import aioboto3
 
-    from app.main import ses_client_config
+    from app.emails.sender import ses_client_config
 
     # Same timeouts and retry policy as the app's SES client; endpoints from AWS's variables.
     return aioboto3.Session().client(
@@ -455,7 +456,7 @@ async def run_checks(
     http: httpx.AsyncClient,
     nameserver: str | None = None,
 ) -> list[Check]:
-    region = domain.region_from_environment()
+    region = region_from_environment()
     name = sending_domain(settings)
     checks: list[Check] = []
     if settings.mail_backend is MailBackend.MAILBOX:

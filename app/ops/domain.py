@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -342,17 +341,11 @@ class SetupResult:
     mail_from_error: str | None
 
 
-def region_from_environment() -> str:
-    from app.main import DEFAULT_REGION
-
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-
-
 def _ses_client(region: str) -> Any:
     import aioboto3
 
     from app.config import Settings
-    from app.main import ses_client_config
+    from app.emails.sender import ses_client_config
 
     # Only the client's timeouts and retry policy matter here: no database, no secrets needed.
     # AWS_ENDPOINT_URL(_SESV2) is honoured by botocore, as in the app.
@@ -539,6 +532,8 @@ def add_domain_commands(subparsers: argparse._SubParsersAction[argparse.Argument
 
 
 def _setup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from app.emails.sender import region_from_environment
+
     domain = normalise_domain(args.domain)
     region = args.region or region_from_environment()
     mail_from = mail_from_domain(domain, args.mail_from)
@@ -575,6 +570,8 @@ def _setup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from app.emails.sender import region_from_environment
+
     domain = normalise_domain(args.domain)
     region = args.region or region_from_environment()
     mail_from = mail_from_domain(domain, args.mail_from)

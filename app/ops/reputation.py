@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.emails import outbox
-from app.emails.catalog import OPTIONAL_CATEGORIES
+from app.models import OPTIONAL_CATEGORIES
 from app.ops.alerts import post_alert
 from app.ops.metrics import BOUNCE_RATE, COMPLAINT_RATE, read_outbox
 

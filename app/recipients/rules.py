@@ -1,15 +1,31 @@
-"""The recipient rules of DESIGN.md as pure decisions: what one SES event means for one address
-and for the message it is about. No I/O: ``app.sns.service`` reads the state and applies these.
+"""The recipient rules of DESIGN.md as pure decisions: what one piece of feedback means for one
+address and for the message it is about. No I/O: ``app.sns.feedback`` reads the state and applies
+these. The input is this module's own ``Feedback`` (``app.sns.events`` maps SES's events to it),
+so the rules know nothing of SNS or SES payloads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Final
 
 from app.models import MessageStatus, SuppressionReason
-from app.sns.events import EventKind, SesEvent
+
+
+class Feedback(StrEnum):
+    """What the mailbox provider (through SES) said about one address."""
+
+    HARD_BOUNCE = "hard_bounce"  # Bounce, Permanent
+    SOFT_BOUNCE = "soft_bounce"  # Bounce, Transient or Undetermined
+    BOUNCE = "bounce"  # a bounce type SES has not documented
+    COMPLAINT = "complaint"
+    NOT_SPAM = "not_spam"  # a complaint the provider took back (complaintFeedbackType not-spam)
+    DELIVERY = "delivery"
+    FAILURE = "failure"  # Reject, Rendering Failure: SES never sent it
+    NOTED = "noted"  # DeliveryDelay, Send, Open, Click: history only
+
 
 # Three consecutive soft bounces suppress the address.
 SOFT_BOUNCE_LIMIT: Final = 3
@@ -46,13 +62,13 @@ class Decision:
     resend: bool = False
 
 
-def decide(event: SesEvent, *, soft_bounce_count: int) -> Decision:
-    """DESIGN.md's table. ``soft_bounce_count`` is the address's count before this event."""
-    if event.is_hard_bounce:
+def decide(feedback: Feedback, *, soft_bounce_count: int) -> Decision:
+    """DESIGN.md's table. ``soft_bounce_count`` is the address's count before this feedback."""
+    if feedback is Feedback.HARD_BOUNCE:
         return Decision(
             suppress=SuppressionReason.HARD_BOUNCE, message_status=MessageStatus.BOUNCED
         )
-    if event.is_soft_bounce:
+    if feedback is Feedback.SOFT_BOUNCE:
         count = soft_bounce_count + 1
         if count >= SOFT_BOUNCE_LIMIT:
             return Decision(
@@ -61,25 +77,22 @@ def decide(event: SesEvent, *, soft_bounce_count: int) -> Decision:
                 message_status=MessageStatus.BOUNCED,
             )
         return Decision(soft_bounce_count=count, message_status=MessageStatus.BOUNCED, resend=True)
-    if event.kind is EventKind.BOUNCE:
+    if feedback is Feedback.BOUNCE:
         # A bounce type SES has not documented: the message bounced, the address is not judged.
         return Decision(message_status=MessageStatus.BOUNCED)
-    if event.kind is EventKind.COMPLAINT:
-        # "not-spam": the recipient's provider says the mail was wrongly flagged.
-        if event.complaint_feedback_type == "not-spam":
-            return Decision()
+    if feedback is Feedback.COMPLAINT:
         return Decision(
             suppress=SuppressionReason.COMPLAINT, message_status=MessageStatus.COMPLAINED
         )
-    if event.kind is EventKind.DELIVERY:
+    if feedback is Feedback.DELIVERY:
         # Resets the count only: a Delivery never lifts a suppression, whatever its order.
         return Decision(
             soft_bounce_count=0 if soft_bounce_count else None,
             message_status=MessageStatus.DELIVERED,
         )
-    if event.kind in (EventKind.REJECT, EventKind.RENDERING_FAILURE):
+    if feedback is Feedback.FAILURE:
         return Decision(message_status=MessageStatus.FAILED)
-    # DeliveryDelay, Send, Open, Click, Subscription: recorded on the message, nothing else.
+    # Not-spam, DeliveryDelay, Send, Open, Click, Subscription: recorded on the message only.
     return Decision()
 
 

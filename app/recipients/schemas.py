@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.emails.schemas import check_storable
+from app.db import check_storable
 from app.models import SuppressionReason
 from app.recipients.ses_list import SesListOutcome
 

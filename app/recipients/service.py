@@ -11,10 +11,11 @@ from sqlalchemy import delete, exists, func, null, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.emails.catalog import OPTIONAL_CATEGORIES, Category
 from app.errors import NotFound
 from app.models import (
+    OPTIONAL_CATEGORIES,
     AuditEvent,
+    Category,
     Message,
     MessageEvent,
     MessageStatus,

@@ -17,6 +17,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from app.recipients.rules import Feedback
+
 
 class EventKind(StrEnum):
     BOUNCE = "bounce"
@@ -56,6 +58,26 @@ class SesEvent:
     @property
     def is_soft_bounce(self) -> bool:
         return self.kind is EventKind.BOUNCE and self.bounce_type in ("Transient", "Undetermined")
+
+    @property
+    def feedback(self) -> Feedback:
+        """What the recipient rules need to know of this event."""
+        if self.is_hard_bounce:
+            return Feedback.HARD_BOUNCE
+        if self.is_soft_bounce:
+            return Feedback.SOFT_BOUNCE
+        if self.kind is EventKind.BOUNCE:
+            return Feedback.BOUNCE
+        if self.kind is EventKind.COMPLAINT:
+            # "not-spam": the recipient's provider says the mail was wrongly flagged.
+            if self.complaint_feedback_type == "not-spam":
+                return Feedback.NOT_SPAM
+            return Feedback.COMPLAINT
+        if self.kind is EventKind.DELIVERY:
+            return Feedback.DELIVERY
+        if self.kind in (EventKind.REJECT, EventKind.RENDERING_FAILURE):
+            return Feedback.FAILURE
+        return Feedback.NOTED
 
 
 # eventType / notificationType -> (kind, key of the type-specific object in the message).

@@ -339,7 +339,7 @@ async def _apply_unlocked(
         found, counted = _Message.of(row), row[5]
     if event.kind is EventKind.DELIVERY and counted > 0:
         raise _NeedsRecipientLocks
-    decisions = {h: rules.decide(event, soft_bounce_count=0) for h in target.hashes}
+    decisions = {h: rules.decide(event.feedback, soft_bounce_count=0) for h in target.hashes}
     await _write(
         connection,
         event,
@@ -383,7 +383,9 @@ async def _apply_locked(
             extra={"sns_message_id": message["MessageId"], "feedback_id": event.feedback_id},
         )
         return SnsOutcome.DUPLICATE
-    decisions = {h: rules.decide(event, soft_bounce_count=counts.get(h, 0)) for h in hashes}
+    decisions = {
+        h: rules.decide(event.feedback, soft_bounce_count=counts.get(h, 0)) for h in hashes
+    }
     found = await _find_message(connection, event)
     await _write(
         connection,
@@ -527,7 +529,7 @@ def _message_values(
         return
     decision = decisions.get(message.address_hash)
     if decision is None:  # the event does not name the message's own recipient
-        decision = rules.decide(event, soft_bounce_count=0)
+        decision = rules.decide(event.feedback, soft_bounce_count=0)
     change = rules.message_change(
         decision, status=message.status, expires_at=message.expires_at, now=now
     )

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import SessionDep
-from app.emails.catalog import OPTIONAL_CATEGORIES, Category
+from app.models import OPTIONAL_CATEGORIES, Category
 from app.recipients import service as recipients
 from app.unsubscribe.tokens import UnsubscribeClaim, read_token
 

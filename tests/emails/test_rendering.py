@@ -11,8 +11,9 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from app.emails.catalog import EMAIL_KINDS, Category, EmailKind
+from app.emails.catalog import EMAIL_KINDS, EmailKind
 from app.emails.rendering import SenderInfo, render_email
+from app.models import Category
 
 FROM = "PRO WORKS <noreply@proworks.jp>"
 TO = "taro@example.com"

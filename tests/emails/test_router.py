@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import create_sessionmaker
-from app.emails.catalog import EMAIL_KINDS, Category
-from app.models import Message, SuppressionReason
+from app.emails.catalog import EMAIL_KINDS
+from app.models import Category, Message, SuppressionReason
 from app.recipients import service as recipients
 from app.recipients.addresses import address_hash
 from tests.conftest import make_settings

@@ -24,9 +24,8 @@ from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 from sqlalchemy import text
 
 from app.api_keys import create_key
-from app.cli import migrate
 from app.config import to_asyncpg_url
-from app.db import create_engine, create_sessionmaker
+from app.db import create_engine, create_sessionmaker, migrate
 from tests.conditions import eventually
 from tests.conftest import AppFactory
 from tests.emails.test_router import body

@@ -8,7 +8,7 @@ import pytest
 
 from app.models import MessageStatus, SuppressionReason
 from app.recipients import rules
-from app.recipients.rules import Decision, MessageChange, decide, message_change, next_status
+from app.recipients.rules import Decision, MessageChange, message_change, next_status
 from app.sns.events import EventKind, SesEvent
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -22,6 +22,11 @@ def event(kind: EventKind, **fields: str | None) -> SesEvent:
         recipients=("taro@example.com",),
         **fields,  # type: ignore[arg-type]
     )
+
+
+def decide(event: SesEvent, *, soft_bounce_count: int) -> Decision:
+    """The rules on an SES event, as the SNS endpoint applies them (through its Feedback)."""
+    return rules.decide(event.feedback, soft_bounce_count=soft_bounce_count)
 
 
 def bounce(bounce_type: str, subtype: str = "General") -> SesEvent:
