@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.config import Settings, SettingsError, load_settings
+from app.config import Settings, SettingsError, load_settings, to_asyncpg_url
 from app.ops.domain import add_domain_commands, run_domain_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,19 @@ def _settings_or_exit() -> Settings:
     except SettingsError as exc:
         print(f"tegami: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _database_url_or_exit() -> str:
+    url = os.environ.get("TEGAMI_DATABASE_URL")
+    if not url:
+        print("tegami: TEGAMI_DATABASE_URL is required", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        to_asyncpg_url(url)
+    except ValueError as exc:
+        print(f"tegami: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return url
 
 
 def alembic_ini() -> Path:
@@ -75,11 +88,11 @@ async def _run_worker(settings: Settings) -> None:
         await stop.wait()
 
 
-async def _create_api_key(settings: Settings, name: str) -> str:
+async def _create_api_key(database_url: str, name: str) -> str:
     from app.api_keys import create_key
     from app.db import create_engine, create_sessionmaker
 
-    engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+    engine = create_engine(to_asyncpg_url(database_url), pool_size=1)
     try:
         async with create_sessionmaker(engine)() as session:
             key = await create_key(session, name=name)
@@ -140,7 +153,7 @@ def dev(*, host: str, port: int) -> None:
         os.environ.setdefault(key, value)
     settings = _settings_or_exit()
     migrate(settings.database_url)
-    key = asyncio.run(_create_api_key(settings, f"dev-{secrets.token_hex(3)}"))
+    key = asyncio.run(_create_api_key(settings.database_url, f"dev-{secrets.token_hex(3)}"))
     base = settings.public_base_url
     print(
         f"\ntegami dev is starting on {base}\n"
@@ -235,13 +248,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         configure_logging()
         asyncio.run(_run_worker(_settings_or_exit()))
     elif args.command == "migrate":
-        url = os.environ.get("TEGAMI_DATABASE_URL")
-        if not url:
-            print("tegami: TEGAMI_DATABASE_URL is required", file=sys.stderr)
-            raise SystemExit(2)
-        migrate(url)
+        migrate(_database_url_or_exit())
     elif args.command == "api-key":
-        key = asyncio.run(_create_api_key(_settings_or_exit(), args.name))
+        # Only the database: the first key is made before the service has its settings.
+        key = asyncio.run(_create_api_key(_database_url_or_exit(), args.name))
         print(key)
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))

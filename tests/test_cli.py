@@ -8,23 +8,13 @@ import sys
 
 import httpx
 
-from tests.conftest import make_settings
-
 
 async def test_api_key_create_prints_a_working_key_alone(
     database_url: str, client: httpx.AsyncClient
 ) -> None:
-    settings = make_settings(database_url)
-    env = {
-        **os.environ,
-        "TEGAMI_DATABASE_URL": database_url,
-        "TEGAMI_PUBLIC_BASE_URL": settings.public_base_url,
-        "TEGAMI_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret[0].get_secret_value(),
-        "TEGAMI_ADDRESS_HASH_SECRET": settings.address_hash_secret.get_secret_value(),
-        "TEGAMI_LINK_HOSTS": "proworks.jp",
-        "TEGAMI_SENDER_POSTAL_ADDRESS": "東京都",
-        "TEGAMI_SENDER_CONTACT": "support@proworks.jp",
-    }
+    # Only the database: the first key is made before the service has its other settings.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TEGAMI_")}
+    env["TEGAMI_DATABASE_URL"] = database_url
     done = subprocess.run(  # noqa: ASYNC221  (the CLI runs its own event loop)
         [sys.executable, "-m", "app.cli", "api-key", "create", "nextjs-app"],
         env=env,
@@ -41,3 +31,19 @@ async def test_api_key_create_prints_a_working_key_alone(
         headers={"Authorization": f"Bearer {lines[0]}"},
     )
     assert answer.status_code == 404  # authorised: the key works
+
+
+def test_api_key_create_names_a_wrong_database_url_in_one_line() -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TEGAMI_")}
+    env["TEGAMI_DATABASE_URL"] = "mysql://user@host/db"
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "api-key", "create", "nextjs-app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["tegami: TEGAMI_DATABASE_URL must start with postgresql://"]
