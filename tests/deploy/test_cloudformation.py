@@ -183,6 +183,8 @@ def test_every_alarm_goes_to_the_alert_topic(template: dict[str, Any]) -> None:
     assert len(alarms) == 6
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [ALERTS], name
+        if alarm["Namespace"] == "AWS/SES":  # a rate falling back is news too
+            assert alarm["OKActions"] == [ALERTS], name
     subscription = template["Resources"]["AlertEmailSubscription"]
     assert subscription["Condition"] == "CreateAlertTopic"
     assert subscription["Properties"]["Protocol"] == "email"
