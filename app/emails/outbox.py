@@ -38,11 +38,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import NamedStatement
-from app.models import Category, MessageStatus
+from app.models import PENDING_STATUSES, Category, Message, MessageEvent, MessageStatus
 
 OUTBOX_CHANNEL = "tegami_outbox"
 # The NOTIFY payload: which process accepted the mail. That process's own worker was already
@@ -512,73 +512,89 @@ async def resume_sending(connection: asyncpg.Connection) -> str | None:
 
 # -- the reputation guard ----------------------------------------------------------------
 
-# Optional mail waits as `held` while the guard holds, and goes back to the queue after.
-_HOLD = text(
-    """
-    WITH held AS (
-        UPDATE message SET status = 'held', updated_at = now()
-        WHERE status = 'queued' AND category = ANY(:categories)
-        RETURNING id
-    )
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT id, 'held', 'bounce or complaint rate over SES''s review level', 'reputation_guard'
-    FROM held
-    """
+# Optional mail waits as `held` while the guard holds, and goes back to the queue after. These
+# run rarely (the guard's verdict changes, the purge every ten minutes): the ORM's expressions
+# on the caller's connection, each status change and its history in one statement.
+_HELD_DETAIL = "bounce or complaint rate over SES's review level"
+_RELEASED_DETAIL = "rates back under the review level"
+_FINAL_STATUSES = (
+    MessageStatus.EXPIRED,
+    MessageStatus.FAILED,
+    MessageStatus.DELIVERED,
+    MessageStatus.BOUNCED,
+    MessageStatus.COMPLAINED,
 )
-_RELEASE = text(
-    """
-    WITH released AS (
-        UPDATE message SET status = 'queued', next_attempt_at = now(), updated_at = now()
-        WHERE status = 'held'
-        RETURNING id
+_EVENT_COLUMNS = ("message_id", "kind", "detail", "cause")
+
+
+def _with_history(changed: Any, *, kind: str, detail: str, cause: str) -> Any:
+    """INSERT the history line of each message ``changed`` (an UPDATE … RETURNING id)."""
+    rows = changed.cte(kind)
+    return insert(MessageEvent).from_select(
+        _EVENT_COLUMNS, select(rows.c.id, literal(kind), literal(detail), literal(cause))
     )
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT id, 'released', 'rates back under the review level', 'reputation_guard'
-    FROM released
-    """
-)
 
 
 async def hold_optional(connection: AsyncConnection, *, categories: Iterable[Category]) -> int:
-    held = await connection.execute(_HOLD, {"categories": sorted(map(str, categories))})
-    return held.rowcount
+    held = (
+        update(Message)
+        .where(Message.status == MessageStatus.QUEUED, Message.category.in_(list(categories)))
+        .values(status=MessageStatus.HELD, updated_at=func.now())
+        .returning(Message.id)
+    )
+    statement = _with_history(held, kind="held", detail=_HELD_DETAIL, cause="reputation_guard")
+    return (await connection.execute(statement)).rowcount
 
 
 async def release_held(connection: AsyncConnection) -> int:
-    return (await connection.execute(_RELEASE)).rowcount
+    released = (
+        update(Message)
+        .where(Message.status == MessageStatus.HELD)
+        .values(status=MessageStatus.QUEUED, next_attempt_at=func.now(), updated_at=func.now())
+        .returning(Message.id)
+    )
+    statement = _with_history(
+        released, kind="released", detail=_RELEASED_DETAIL, cause="reputation_guard"
+    )
+    return (await connection.execute(statement)).rowcount
 
 
 # -- retention ---------------------------------------------------------------------------
 
-_DROP_PARAMS = text(
-    """
-    UPDATE message SET params = NULL, updated_at = now()
-    WHERE params IS NOT NULL AND (
-        status IN ('expired', 'failed', 'delivered', 'bounced', 'complained')
-        OR (status = 'sent' AND (
-            expires_at < now()
-            OR (expires_at IS NULL AND sent_at < now() - interval '72 hours')))
-    )
-    """
-)
-_DELETE_OLD = text(
-    """
-    DELETE FROM message WHERE id IN (
-        SELECT id FROM message
-        WHERE created_at < now() - make_interval(days => :days)
-          AND status NOT IN ('queued', 'sending', 'held')
-        ORDER BY created_at
-        LIMIT :batch
-    )
-    """
-)
-
 
 async def drop_spent_params(connection: AsyncConnection) -> int:
-    """Link params hold tokens: dropped once the mail can no longer be sent again."""
-    return (await connection.execute(_DROP_PARAMS)).rowcount
+    """Link params hold tokens: dropped once the mail can no longer be sent again: final mail
+    at once; sent mail when its link expires (a soft bounce may still resend it until then),
+    or 72 hours after sending when it has no expiry."""
+    now = func.now()
+    sent_and_spent = and_(
+        Message.status == MessageStatus.SENT,
+        or_(
+            Message.expires_at < now,
+            and_(Message.expires_at.is_(None), Message.sent_at < now - timedelta(hours=72)),
+        ),
+    )
+    statement = (
+        update(Message)
+        .where(
+            Message.params.is_not(None),
+            or_(Message.status.in_(_FINAL_STATUSES), sent_and_spent),
+        )
+        # null(): a bare None would be stored as the JSON value null, not SQL NULL.
+        .values(params=null(), updated_at=now)
+    )
+    return (await connection.execute(statement)).rowcount
 
 
 async def delete_old(connection: AsyncConnection, *, days: int, batch: int) -> int:
     """Up to ``batch`` finished mails older than ``days`` (their events go with them)."""
-    return (await connection.execute(_DELETE_OLD, {"days": days, "batch": batch})).rowcount
+    oldest = (
+        select(Message.id)
+        .where(
+            Message.created_at < func.now() - timedelta(days=days),
+            Message.status.not_in((*PENDING_STATUSES, MessageStatus.HELD)),
+        )
+        .order_by(Message.created_at)
+        .limit(batch)
+    )
+    return (await connection.execute(delete(Message).where(Message.id.in_(oldest)))).rowcount

@@ -262,7 +262,7 @@ async def test_bounce_reported_for_the_quoted_spelling_suppresses_the_address(
 
     # Erasing either spelling scrubs free text that quoted the other one.
     erased = await sns.client.delete("/recipients/taro.@docomo.ne.jp", headers=auth)
-    assert erased.status_code == 204, erased.text
+    assert erased.status_code == 200, erased.text
     state = await sns.client.get('/recipients/"taro."@docomo.ne.jp', headers=auth)
     assert state.json()["suppressed"]["reason"] == "hard_bounce"
     assert "taro" not in state.text.lower()
