@@ -15,8 +15,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from sqlalchemy import text
+from sqlalchemy import Float, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.models import PENDING_STATUSES, Message, MessageStatus
 
 # `*_created` series (one per counter and histogram child, holding its creation time) double
 # the scrape for nothing Prometheus uses.
@@ -49,12 +51,10 @@ OUTBOX_OLDEST_AGE = Gauge(
 BOUNCE_RATE = Gauge("tegami_bounce_rate", "Hard bounces over the reputation window of sends.")
 COMPLAINT_RATE = Gauge("tegami_complaint_rate", "Complaints over the reputation window of sends.")
 
-_OUTBOX = text(
-    """
-    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-    FROM message WHERE status IN ('queued', 'sending', 'held')
-    """
-)
+_OUTBOX = select(
+    func.count(),
+    cast(func.coalesce(extract("epoch", func.now() - func.min(Message.created_at)), 0), Float),
+).where(Message.status.in_((*PENDING_STATUSES, MessageStatus.HELD)))
 
 router = APIRouter(tags=["operations"])
 

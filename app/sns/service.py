@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Final
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import NamedStatement
 from app.errors import AppError
+from app.models import SnsMessage
 from app.sns.signature import SnsVerificationError, check_subscribe_url
 
 log = logging.getLogger(__name__)
@@ -144,9 +146,7 @@ async def record_unsubscribe_confirmation(
     return SnsOutcome.RECORDED
 
 
-_FORGET_OLD = text("DELETE FROM sns_message WHERE received_at < now() - interval '30 days'")
-
-
 async def forget_old_message_ids(connection: AsyncConnection) -> int:
     """SNS MessageIds only need to outlive SNS's retries (days): kept 30 days."""
-    return (await connection.execute(_FORGET_OLD)).rowcount
+    old = SnsMessage.received_at < func.now() - timedelta(days=30)
+    return (await connection.execute(delete(SnsMessage).where(old))).rowcount
