@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -179,6 +180,8 @@ class Message(Base):
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Accepted with a `test` key: rendered and recorded, never handed to SES.
+    test: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = _now_column()
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

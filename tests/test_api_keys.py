@@ -12,6 +12,7 @@ from app.api_keys import create_key
 from app.db import create_sessionmaker
 from app.models import ApiKeyScope
 from tests.emails.test_router import body
+from tests.ses import MotoSes
 
 # Lifts reach SES's account suppression list (tests/fake_aws.py in front of moto).
 pytestmark = pytest.mark.usefixtures("ses_account")
@@ -73,3 +74,26 @@ async def test_the_forbidden_answer_is_in_the_openapi_document(client: httpx.Asy
     assert "403" in paths["/recipients/{email}/suppression"]["put"]["responses"]
     assert "403" in paths["/recipients/{email}/suppression"]["delete"]["responses"]
     assert "403" in paths["/status/reputation"]["get"]["responses"]
+
+
+async def test_a_test_key_mail_is_rendered_and_recorded_but_never_reaches_ses(
+    client: httpx.AsyncClient, engine: AsyncEngine, ses: MotoSes
+) -> None:
+    staging = await key_of(engine, "staging", ApiKeyScope.TEST)
+    sent = await client.post(
+        "/emails/password-reset", json=body(kind="password-reset"), headers=staging
+    )
+    assert sent.status_code == 202, sent.text
+
+    await client.app.state.worker.drain()  # type: ignore[attr-defined]
+
+    assert ses.sent() == []
+    shown = (await client.get(f"/emails/{sent.json()['id']}", headers=staging)).json()
+    assert (shown["status"], shown["test"], shown["ses_message_id"]) == ("sent", True, None)
+    assert shown["events"][-1]["detail"] == "test key: rendered, not handed to SES"
+    # A real key's mail still goes out, and is not marked.
+    real = await key_of(engine, "nextjs-app", ApiKeyScope.APP)
+    other = await client.post("/emails/verify-email", json=body("jiro@example.com"), headers=real)
+    await client.app.state.worker.drain()  # type: ignore[attr-defined]
+    assert [m.destinations[0] for m in ses.sent()] == ["jiro@example.com"]
+    assert (await client.get(f"/emails/{other.json()['id']}", headers=real)).json()["test"] is False

@@ -105,12 +105,13 @@ _ACCEPT = NamedStatement.of(
     inserted AS (
         INSERT INTO message (id, kind, category, recipient_id, to_address, user_id, params,
             status, next_attempt_at, expires_at, api_key_id, idempotency_key, request_hash,
-            created_at, updated_at)
+            test, created_at, updated_at)
         SELECT CAST(:id AS uuid), CAST(:kind AS text), CAST(:category AS text), recipient_row.id,
             CAST(:to_address AS text), CAST(:user_id AS text), CAST(:params AS jsonb),
             CAST(:status AS text), CAST(:now AS timestamptz), CAST(:expires_at AS timestamptz),
             CAST(:api_key_id AS integer), CAST(:idempotency_key AS text),
-            CAST(:request_hash AS bytea), CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+            CAST(:request_hash AS bytea), CAST(:test AS boolean), CAST(:now AS timestamptz),
+            CAST(:now AS timestamptz)
         FROM recipient_row
         ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
         RETURNING id
@@ -146,6 +147,7 @@ class NewMail:
     request_hash: bytes
     cause: str
     now: datetime
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
         "api_key_id": mail.api_key_id,
         "idempotency_key": mail.idempotency_key,
         "request_hash": mail.request_hash,
+        "test": mail.test,
         "cause": mail.cause,
         "channel": OUTBOX_CHANNEL,
         "origin": PROCESS_ORIGIN,
@@ -254,7 +257,7 @@ _CLAIM = NamedStatement.of(
             updated_at = now()
         FROM due WHERE m.id = due.id
         RETURNING m.id, m.kind, m.category, m.recipient_id, m.to_address, m.params,
-            m.expires_at, m.attempts, m.created_at, due.key
+            m.expires_at, m.attempts, m.created_at, m.test, due.key
     ),
     booked AS (
         UPDATE send_pacer SET
@@ -291,6 +294,7 @@ class Claimed:
     expires_at: datetime | None
     attempt: int
     created_at: datetime
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         expires_at=row["expires_at"],
         attempt=row["attempts"],
         created_at=row["created_at"],
+        test=row["test"],
     )
 
 
@@ -428,7 +433,10 @@ _FINISH = NamedStatement.of(
         UPDATE message AS m SET status = o.status, next_attempt_at = o.next_attempt_at,
             ses_message_id = COALESCE(o.ses_message_id, m.ses_message_id),
             last_error = o.last_error,
-            sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,
+            -- When SES took it: a test key's mail is never sent, and never counts in the
+            -- reputation window of sends.
+            sent_at = CASE WHEN o.status = 'sent' AND o.ses_message_id IS NOT NULL THEN now()
+                ELSE m.sent_at END,
             updated_at = now()
         FROM outcome AS o
         WHERE m.id = o.id AND m.status = 'sending' AND m.attempts = o.attempt

@@ -120,6 +120,7 @@ async def get_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) -> Em
         expires_at=message.expires_at,
         ses_message_id=message.ses_message_id,
         last_error=message.last_error,
+        test=message.test,
         events=[
             EmailEventRead(kind=e.kind, detail=e.detail, cause=e.cause, created_at=e.created_at)
             for e in events

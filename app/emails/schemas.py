@@ -71,4 +71,5 @@ class EmailRead(BaseModel):
     expires_at: datetime | None
     ses_message_id: str | None
     last_error: str | None
+    test: bool = Field(description="Accepted with a `test` key: rendered, never sent to SES.")
     events: list[EmailEventRead]

@@ -18,7 +18,7 @@ from app.emails import outbox
 from app.emails.catalog import EmailKind
 from app.emails.links import params_problems
 from app.errors import Conflict, NotFound, Unprocessable
-from app.models import Message, MessageEvent, MessageStatus
+from app.models import ApiKeyScope, Message, MessageEvent, MessageStatus
 from app.recipients.addresses import address_hash
 
 
@@ -86,6 +86,7 @@ async def accept(
         request_hash=fingerprint,
         cause=caller.cause,
         now=now,
+        test=caller.scope is ApiKeyScope.TEST,
     )
     found = await outbox.accept(connection, mail=mail)
     if found.existing_id is not None:

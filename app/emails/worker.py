@@ -260,6 +260,15 @@ class Worker:
             return Result(
                 mail.id, mail.attempt, MessageStatus.FAILED, "send_failed", f"render: {exc}"
             )
+        if mail.test:
+            # A test key's mail: rendered (so it could be sent), recorded, never handed to SES.
+            return Result(
+                mail.id,
+                mail.attempt,
+                MessageStatus.SENT,
+                "sent",
+                "test key: rendered, not handed to SES",
+            )
         started = time.perf_counter()
         try:
             ses_id = await self.sender.send(rendered)
