@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from app.config import DatabaseSettings, Settings, SettingsError, load_settings
+from app.emails.held import add_held_commands
 from app.ops.domain import add_domain_commands, run_domain_command
 
 if TYPE_CHECKING:
@@ -470,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_domain_commands(commands)
+    add_held_commands(commands)
 
     suppressions = commands.add_parser("suppressions", help="tegami's and SES's suppressions")
     suppressions_commands = suppressions.add_subparsers(dest="suppressions_command", required=True)
@@ -518,6 +520,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         api_key(args)
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))
+    elif args.command == "held":
+        from app.emails.held import run_held_command
+
+        raise SystemExit(run_held_command(args))
     elif args.command == "suppressions":
         raise SystemExit(run_import_from_ses(_settings_or_exit()))
     elif args.command == "doctor":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api_keys import KeyCache
 from app.cli import build_parser, dev_api_key
@@ -200,3 +201,38 @@ def test_every_option_of_every_command_has_help() -> None:
         check=True,
     ).stdout
     assert "default: 24h" in shown
+
+
+async def test_held_mail_is_listed_released_and_discarded_by_the_operator(
+    database_url: str, client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine
+) -> None:
+    from app.emails import outbox
+    from app.models import OPTIONAL_CATEGORIES
+    from tests.emails.test_router import body
+
+    ids = []
+    for to in ("a@example.com", "b@example.com"):
+        answer = await client.post(
+            "/emails/matching-notification", json=body(to, "matching-notification"), headers=auth
+        )
+        ids.append(answer.json()["id"])
+    async with engine.begin() as conn:  # the guard holds them
+        assert await outbox.hold_optional(conn, categories=OPTIONAL_CATEGORIES) == 2
+
+    listed = tegami("held", "list", database_url=database_url)
+    assert listed.returncode == 0, listed.stderr
+    assert {line.split()[0] for line in listed.stdout.splitlines()[:-1]} == set(ids)
+    assert listed.stdout.splitlines()[-1] == "2 held"
+
+    released = tegami("held", "release", ids[0], database_url=database_url)
+    assert (released.returncode, released.stdout) == (0, "1 released\n")
+    discarded = tegami("held", "discard", "--all", database_url=database_url)
+    assert (discarded.returncode, discarded.stdout) == (0, "1 discarded\n")
+    neither = tegami("held", "discard", database_url=database_url)
+    assert neither.returncode == 2
+    assert neither.stderr == "tegami: name the email ids, or --all (not both)\n"
+
+    first = (await client.get(f"/emails/{ids[0]}", headers=auth)).json()
+    second = (await client.get(f"/emails/{ids[1]}", headers=auth)).json()
+    assert (first["status"], first["events"][-1]["cause"]) == ("queued", "cli:held")
+    assert (second["status"], second["last_error"]) == ("failed", "discarded by an operator")

@@ -554,17 +554,63 @@ async def hold_optional(connection: AsyncConnection, *, categories: Iterable[Cat
     return (await connection.execute(statement)).rowcount
 
 
-async def release_held(connection: AsyncConnection) -> int:
+async def release_held(
+    connection: AsyncConnection,
+    *,
+    ids: Sequence[uuid.UUID] | None = None,
+    cause: str = "reputation_guard",
+) -> int:
+    """Held mail (all of it, or ``ids``) back to the queue, due now."""
+    held = Message.status == MessageStatus.HELD
     released = (
         update(Message)
-        .where(Message.status == MessageStatus.HELD)
+        .where(held if ids is None else and_(held, Message.id.in_(ids)))
         .values(status=MessageStatus.QUEUED, next_attempt_at=func.now(), updated_at=func.now())
         .returning(Message.id)
     )
+    detail = _RELEASED_DETAIL if cause == "reputation_guard" else "released by an operator"
+    statement = _with_history(released, kind="released", detail=detail, cause=cause)
+    return (await connection.execute(statement)).rowcount
+
+
+async def discard_held(
+    connection: AsyncConnection, *, ids: Sequence[uuid.UUID] | None, cause: str
+) -> int:
+    """Held mail (all of it, or ``ids``) is never sent: failed, with the operator's cause."""
+    held = Message.status == MessageStatus.HELD
+    discarded = (
+        update(Message)
+        .where(held if ids is None else and_(held, Message.id.in_(ids)))
+        .values(
+            status=MessageStatus.FAILED,
+            last_error="discarded by an operator",
+            params=null(),
+            updated_at=func.now(),
+        )
+        .returning(Message.id)
+    )
     statement = _with_history(
-        released, kind="released", detail=_RELEASED_DETAIL, cause="reputation_guard"
+        discarded, kind="discarded", detail="discarded by an operator", cause=cause
     )
     return (await connection.execute(statement)).rowcount
+
+
+@dataclass(frozen=True)
+class HeldMail:
+    id: uuid.UUID
+    kind: str
+    category: str
+    created_at: datetime
+
+
+async def held_mail(connection: AsyncConnection) -> list[HeldMail]:
+    """Mail the reputation guard holds, oldest first."""
+    rows = await connection.execute(
+        select(Message.id, Message.kind, Message.category, Message.created_at)
+        .where(Message.status == MessageStatus.HELD)
+        .order_by(Message.created_at)
+    )
+    return [HeldMail(*row) for row in rows]
 
 
 # -- retention ---------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""`tegami held list|release|discard`: the operator's hand on mail the reputation guard holds.
+
+The guard holds optional mail while the bounce or complaint rate is over SES's review level and
+releases it by itself when the rate falls. An operator may discard held mail so that it is never
+sent (a notification gone stale), or release it: while the rate is still over the level, the
+guard holds released mail again at its next look (15 s), so release after the rate fell, or with
+TEGAMI_REPUTATION_GUARD off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from typing import TextIO
+
+from app.config import load_database_settings
+from app.db import create_engine
+from app.emails import outbox
+
+
+def add_held_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    held = commands.add_parser(
+        "held", help="mail held by the reputation guard (needs only TEGAMI_DATABASE_URL)"
+    )
+    actions = held.add_subparsers(dest="held_command", required=True)
+    actions.add_parser("list", help="every held mail: id, type, category, accepted at")
+    for name, what in (
+        ("release", "back to the queue now, sent at the shared rate"),
+        ("discard", "never sent: failed, with the operator's cause on its history"),
+    ):
+        action = actions.add_parser(name, help=f"held mail {what}")
+        action.add_argument("ids", nargs="*", type=uuid.UUID, metavar="ID", help="email ids")
+        action.add_argument("--all", action="store_true", help="every held mail")
+
+
+def run_held_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.held_command != "list" and bool(args.ids) == bool(args.all):
+        print("tegami: name the email ids, or --all (not both)", file=sys.stderr)
+        return 2
+    try:
+        settings = load_database_settings()
+        return asyncio.run(_run(settings.sqlalchemy_url, args, out))
+    except Exception as exc:  # one line, never a traceback
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"tegami: {reason}", file=sys.stderr)
+        return 1
+
+
+async def _run(url: str, args: argparse.Namespace, out: TextIO) -> int:
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    cause = "cli:held"
+    try:
+        async with engine.begin() as conn:
+            if args.held_command == "list":
+                held = await outbox.held_mail(conn)
+                for mail in held:
+                    when = mail.created_at.strftime("%Y-%m-%d %H:%M UTC")
+                    print(f"{mail.id}  {mail.kind:<22} {mail.category:<9} {when}", file=out)
+                print(f"{len(held)} held", file=out)
+                return 0
+            ids = None if args.all else list(args.ids)
+            if args.held_command == "release":
+                count = await outbox.release_held(conn, ids=ids, cause=cause)
+            else:
+                count = await outbox.discard_held(conn, ids=ids, cause=cause)
+    finally:
+        await engine.dispose()
+    verb = "released" if args.held_command == "release" else "discarded"
+    print(f"{count} {verb}", file=out)
+    return 0
