@@ -199,6 +199,9 @@ class MessageEvent(Base):
     kind: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
     cause: Mapped[str | None] = mapped_column(Text)
+    # SES feedback as data (app.recipients.rules.Feedback: hard_bounce, complaint, ...): what
+    # the reputation watch counts.
+    feedback: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
 
 

@@ -7,7 +7,9 @@ Who asks what of it:
   (``check_before_send``) and records the outcome (``finish``); it pauses and resumes sending
   for every replica (``pause_sending``, ``resume_sending``);
 - the reputation guard holds and releases optional mail (``hold_optional``, ``release_held``);
-- retention drops link params and old mail (``drop_spent_params``, ``delete_old``).
+- retention drops link params and old mail (``drop_spent_params``, ``delete_old``);
+- SES feedback finds the message it is about (``find_for_feedback``) and changes it
+  (``FEEDBACK_WRITES``, composed into app.sns.feedback's one statement).
 
 How a claim works, for the reader of the worker:
 - **Fence.** A claim adds one to ``attempts`` and the claimer keeps that number; every later
@@ -479,6 +481,110 @@ async def finish(
     }
     rows = await connection.fetch(_FINISH.sql, *_FINISH.args(values))
     return {row["message_id"] for row in rows}
+
+
+# -- SES feedback (app.sns.feedback applies it, in one transaction) -----------------------
+
+# By SES MessageId, else by the tegami_id tag (the event beat the worker's record of the SES
+# MessageId). Locked: the worker may be recording it right now.
+_FIND_FOR_FEEDBACK = NamedStatement.of(
+    """
+    SELECT m.id, m.status, m.expires_at, m.ses_message_id, r.address_hash
+    FROM message AS m JOIN recipient AS r ON r.id = m.recipient_id
+    WHERE m.ses_message_id = :ses_message_id OR m.id = ANY(CAST(:tagged_ids AS uuid[]))
+    ORDER BY m.ses_message_id IS NOT DISTINCT FROM :ses_message_id DESC
+    LIMIT 1
+    FOR UPDATE OF m
+    """
+)
+
+
+@dataclass(frozen=True)
+class FeedbackTarget:
+    """The message an SES event is about, locked for the feedback's transaction."""
+
+    id: uuid.UUID
+    status: MessageStatus
+    expires_at: datetime | None
+    ses_message_id: str | None
+    address_hash: bytes
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> FeedbackTarget:
+        return cls(
+            id=row["id"],
+            status=MessageStatus(row["status"]),
+            expires_at=row["expires_at"],
+            ses_message_id=row["ses_message_id"],
+            address_hash=bytes(row["address_hash"]),
+        )
+
+
+async def find_for_feedback(
+    connection: asyncpg.Connection, *, ses_message_id: str, tagged_ids: Sequence[uuid.UUID]
+) -> FeedbackTarget | None:
+    row = await connection.fetchrow(
+        _FIND_FOR_FEEDBACK.sql,
+        *_FIND_FOR_FEEDBACK.args(
+            {"ses_message_id": ses_message_id, "tagged_ids": list(tagged_ids)}
+        ),
+    )
+    return FeedbackTarget.of(row) if row is not None else None
+
+
+# The message's part of SES feedback, as CTEs that app.sns.feedback composes with the recipient
+# owner's into one statement: the SES MessageId (when the event beat the worker's record of
+# it), the status, and the history lines (with the feedback as data: the reputation watch
+# counts hard bounces and complaints by it).
+FEEDBACK_WRITES = """
+    changed AS (
+        UPDATE message SET
+            ses_message_id = COALESCE(ses_message_id, CAST(:ses_message_id AS text)),
+            status = COALESCE(CAST(:status AS text), status),
+            next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
+            last_error = COALESCE(CAST(:last_error AS text), last_error),
+            updated_at = CASE WHEN CAST(:status AS text) IS NULL THEN updated_at ELSE now() END
+        WHERE id = CAST(:message_id AS uuid)
+            AND (CAST(:status AS text) IS NOT NULL OR ses_message_id IS NULL)
+    ),
+    history AS (
+        INSERT INTO message_event (message_id, kind, detail, cause, feedback)
+        SELECT CAST(:message_id AS uuid), kind, detail, :cause, feedback
+        FROM unnest(CAST(:event_kinds AS text[]), CAST(:event_details AS text[]),
+                CAST(:event_feedbacks AS text[]))
+            WITH ORDINALITY AS e(kind, detail, feedback, n)
+        WHERE CAST(:message_id AS uuid) IS NOT NULL
+        ORDER BY n
+    )"""
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    kind: str
+    detail: str | None
+    feedback: str | None = None
+
+
+def feedback_values(
+    target: FeedbackTarget | None,
+    *,
+    ses_message_id: str,
+    history: Sequence[HistoryLine],
+    status: MessageStatus | None,
+    next_attempt_at: datetime | None,
+    last_error: str | None,
+) -> dict[str, Any]:
+    """The parameters of ``FEEDBACK_WRITES``; with no target, it writes nothing."""
+    return {
+        "message_id": target.id if target is not None else None,
+        "ses_message_id": ses_message_id if target is not None else None,
+        "status": status.value if status is not None else None,
+        "next_attempt_at": next_attempt_at,
+        "last_error": last_error,
+        "event_kinds": [line.kind for line in history] if target is not None else [],
+        "event_details": [line.detail for line in history] if target is not None else [],
+        "event_feedbacks": [line.feedback for line in history] if target is not None else [],
+    }
 
 
 # -- pausing sending for every replica ---------------------------------------------------

@@ -28,14 +28,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.emails import outbox
-from app.models import OPTIONAL_CATEGORIES
+from app.models import OPTIONAL_CATEGORIES, Message, MessageEvent
 from app.ops.alerts import post_alert
 from app.ops.metrics import BOUNCE_RATE, COMPLAINT_RATE, read_outbox
+from app.recipients.rules import Feedback
 
 if TYPE_CHECKING:
     from app.emails.sender import Sender
@@ -105,29 +106,31 @@ def judge(rates: Rates, *, min_sends: int, guard: bool) -> Verdict:
     return Verdict(counted=True, bounce=bounce, complaint=complaint, hold=hold)
 
 
-# The message events the SNS endpoint records: a hard bounce is "bounce Permanent/…", a
-# complaint "complaint <feedback type>" (not-spam is the provider taking a complaint back).
-_RATES = text(
-    """
-    WITH recent AS (
-        SELECT id FROM message WHERE sent_at IS NOT NULL ORDER BY sent_at DESC LIMIT :window
-    )
-    SELECT count(*) AS sends,
-        count(*) FILTER (WHERE EXISTS (
-            SELECT 1 FROM message_event e WHERE e.message_id = recent.id
-            AND e.kind = 'bounce' AND e.detail LIKE 'bounce Permanent%')) AS hard_bounces,
-        count(*) FILTER (WHERE EXISTS (
-            SELECT 1 FROM message_event e WHERE e.message_id = recent.id
-            AND e.kind = 'complaint' AND e.detail NOT LIKE 'complaint not-spam%')) AS complaints
-    FROM recent
-    """
-)
-
-
 async def read_rates(engine: AsyncEngine, *, window: int) -> Rates:
+    """Hard bounces and complaints among the last ``window`` sends, as SES counts them: the
+    feedback the SNS endpoint stored on each message's history (a not-spam complaint is the
+    provider taking one back, and is not counted)."""
+    recent = (
+        select(Message.id)
+        .where(Message.sent_at.is_not(None))
+        .order_by(Message.sent_at.desc())
+        .limit(window)
+        .cte("recent")
+    )
+
+    def had(feedback: Feedback) -> Any:
+        return exists().where(
+            MessageEvent.message_id == recent.c.id, MessageEvent.feedback == feedback
+        )
+
+    statement = select(
+        func.count(),
+        func.count().filter(had(Feedback.HARD_BOUNCE)),
+        func.count().filter(had(Feedback.COMPLAINT)),
+    ).select_from(recent)
     async with engine.connect() as conn:
-        row = (await conn.execute(_RATES, {"window": window})).one()
-    return Rates(sends=row.sends, hard_bounces=row.hard_bounces, complaints=row.complaints)
+        sends, hard_bounces, complaints = (await conn.execute(statement)).one()
+    return Rates(sends=sends, hard_bounces=hard_bounces, complaints=complaints)
 
 
 @dataclass

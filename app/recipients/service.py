@@ -1,19 +1,27 @@
-"""Recipient state: who may get which mail, and the recipient row every message points to."""
+"""Recipient state: who may get which mail, and the recipient row every message points to.
+
+The owner of ``recipient``, ``suppression``, ``opt_out`` and ``audit_event``: every statement
+that writes them is here. The API's changes go through the ORM session; SES feedback, a hot
+path, through the asyncpg statements at the end (``FEEDBACK_WRITES`` is composed with the
+outbox's into app.sns.feedback's one statement).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, null, or_, select, update
+import asyncpg
+from sqlalchemy import delete, func, null, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import NamedStatement
 from app.errors import NotFound
 from app.models import (
-    OPTIONAL_CATEGORIES,
     AuditEvent,
     Category,
     Message,
@@ -25,53 +33,7 @@ from app.models import (
     SuppressionReason,
 )
 from app.recipients.addresses import normalize_address
-
-
-@dataclass(frozen=True)
-class Block:
-    """Why an address may not get a mail: ``suppressed`` (with reason) or ``opted_out``."""
-
-    code: str
-    reason: str
-
-
-async def find_block(
-    session: AsyncSession, *, address_hash: bytes, category: Category
-) -> Block | None:
-    suppressed = select(Suppression.reason).where(Suppression.address_hash == address_hash)
-    opted_out = (
-        exists()
-        .where(OptOut.recipient_id == Recipient.id)
-        .where(Recipient.address_hash == address_hash, OptOut.category == category)
-    )
-    row = (
-        await session.execute(
-            select(suppressed.scalar_subquery(), opted_out.select().scalar_subquery())
-        )
-    ).one()
-    if row[0] is not None:
-        return Block(code="suppressed", reason=row[0])
-    if category in OPTIONAL_CATEGORIES and row[1]:
-        return Block(code="opted_out", reason=category)
-    return None
-
-
-async def ensure_recipient(
-    session: AsyncSession, *, address: str, address_hash: bytes, user_id: str | None
-) -> int:
-    """The recipient's id, creating the row on first use (and restoring an erased address)."""
-    statement = insert(Recipient).values(
-        address_hash=address_hash, address=address, user_id=user_id
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=[Recipient.address_hash],
-        set_={
-            "address": statement.excluded.address,
-            "user_id": func.coalesce(statement.excluded.user_id, Recipient.user_id),
-            "updated_at": func.now(),
-        },
-    )
-    return (await session.execute(statement.returning(Recipient.id))).scalar_one()
+from app.recipients.rules import SOFT_BOUNCE_LIMIT, Decision
 
 
 async def record_audit(
@@ -387,3 +349,137 @@ async def opt_out_status(
     if row is None or row[0] is None:
         return None
     return bool(row[1])
+
+
+# -- SES feedback (app.sns.feedback applies it, in one transaction) -----------------------
+
+# The rules apply to addresses tegami never mailed, so a soft bounce creates the recipient it
+# counts for. An erased recipient (address NULL) stays erased.
+_CREATE_FOR_FEEDBACK = NamedStatement.of(
+    """
+    INSERT INTO recipient (address_hash, address)
+    SELECT * FROM unnest(CAST(:hashes AS bytea[]), CAST(:addresses AS text[]))
+    ON CONFLICT (address_hash) DO NOTHING
+    """
+)
+
+# The locks are taken in the order rows leave the sort: address-hash order.
+_LOCK_COUNTS = NamedStatement.of(
+    """
+    SELECT address_hash, soft_bounce_count FROM recipient
+    WHERE address_hash = ANY(CAST(:hashes AS bytea[]))
+    ORDER BY address_hash
+    FOR UPDATE
+    """
+)
+
+# SES can publish one soft bounce twice under two SNS MessageIds: it must not count twice.
+# Its own statement, after the locks: a repeat waiting for them then sees the first's audit.
+_SOFT_BOUNCE_SEEN = NamedStatement.of(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM audit_event
+        WHERE address_hash = ANY(CAST(:hashes AS bytea[]))
+            AND action = 'soft_bounce_counted'
+            AND right(cause, char_length(CAST(:suffix AS text))) = :suffix
+    )
+    """
+)
+
+
+async def lock_soft_bounce_counts(
+    connection: asyncpg.Connection, *, addresses: Mapping[bytes, str], create: bool
+) -> dict[bytes, int]:
+    """Each address's consecutive soft-bounce count, its row locked (in hash order, so two
+    events naming the same addresses cannot deadlock); ``create`` makes missing rows first."""
+    hashes = sorted(addresses)
+    if create:
+        await connection.execute(_CREATE_FOR_FEEDBACK.sql, hashes, [addresses[h] for h in hashes])
+    rows = await connection.fetch(_LOCK_COUNTS.sql, hashes)
+    return {bytes(row[0]): row[1] for row in rows}
+
+
+async def soft_bounce_seen(
+    connection: asyncpg.Connection, *, hashes: Sequence[bytes], feedback_id: str
+) -> bool:
+    """This soft bounce (SES's feedbackId) was counted already, under another SNS MessageId."""
+    return bool(
+        await connection.fetchval(_SOFT_BOUNCE_SEEN.sql, list(hashes), f" feedback:{feedback_id}")
+    )
+
+
+# Each address's count, suppression and audit lines. ``audit_order`` keeps each address's lines
+# in the order they happened (counted, then suppressed), addresses in lock order.
+FEEDBACK_WRITES = """
+    counts AS (
+        SELECT * FROM unnest(
+            CAST(:count_hashes AS bytea[]), CAST(:counts AS int[]),
+            CAST(:count_details AS text[]), CAST(:count_order AS int[])
+        ) AS c(address_hash, count, detail, audit_order)
+    ),
+    counted AS (
+        UPDATE recipient AS r SET soft_bounce_count = c.count, updated_at = now()
+        FROM counts AS c WHERE r.address_hash = c.address_hash
+    ),
+    suppressions AS (
+        SELECT * FROM unnest(
+            CAST(:suppress_hashes AS bytea[]), CAST(:suppress_reasons AS text[]),
+            CAST(:suppress_order AS int[])
+        ) AS s(address_hash, reason, audit_order)
+    ),
+    suppressed AS (
+        -- The first cause is kept: an address already suppressed is not audited again.
+        INSERT INTO suppression (address_hash, reason, cause, detail)
+        SELECT address_hash, reason, :cause, :address_detail FROM suppressions
+        ON CONFLICT (address_hash) DO NOTHING
+        RETURNING address_hash
+    ),
+    audited AS (
+        INSERT INTO audit_event (address_hash, action, reason, cause, detail)
+        SELECT address_hash, action, reason, :cause, detail FROM (
+            SELECT address_hash, audit_order, NULL AS reason, detail,
+                CASE WHEN count > 0 THEN 'soft_bounce_counted'
+                    ELSE 'soft_bounce_count_reset' END AS action
+            FROM counts
+            UNION ALL
+            SELECT s.address_hash, s.audit_order, s.reason,
+                CAST(:address_detail AS text), 'suppressed'
+            FROM suppressions AS s JOIN suppressed USING (address_hash)
+        ) AS lines
+        ORDER BY audit_order
+    )"""
+
+
+def feedback_values(
+    decisions: Mapping[bytes, Decision], *, cause: str, address_detail: str
+) -> dict[str, Any]:
+    """The parameters of ``FEEDBACK_WRITES``, for the decisions in lock order."""
+    values: dict[str, Any] = {
+        "cause": cause,
+        "address_detail": address_detail,
+        "count_hashes": [],
+        "counts": [],
+        "count_details": [],
+        "count_order": [],
+        "suppress_hashes": [],
+        "suppress_reasons": [],
+        "suppress_order": [],
+    }
+    for position, (hashed, decision) in enumerate(decisions.items()):
+        count = decision.soft_bounce_count
+        if count is not None:
+            values["count_hashes"].append(hashed)
+            values["counts"].append(count)
+            values["count_details"].append(
+                f"{address_detail}; {count} of {SOFT_BOUNCE_LIMIT}" if count else address_detail
+            )
+            values["count_order"].append(2 * position)
+        if decision.suppress is not None:
+            values["suppress_hashes"].append(hashed)
+            values["suppress_reasons"].append(decision.suppress.value)
+            values["suppress_order"].append(2 * position + 1)
+    return values
+
+
+def changes_anything(values: Mapping[str, Any]) -> bool:
+    return bool(values["count_hashes"] or values["suppress_hashes"])

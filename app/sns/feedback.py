@@ -1,13 +1,16 @@
 """Applying one verified SES notification: once per SNS MessageId, then DESIGN's rules.
 
-The hot path of /sns/ses-events, written like the send path: statements on asyncpg's own
-connection in one transaction, no ORM session. Most events (hard bounces, complaints,
-deliveries to an address with no soft bounce counted) take two statements: claim the
-MessageId and lock the message; write the outcome. Soft bounces, and deliveries that reset a
-count, take the locked path: the recipients are locked in address-hash order and then the
-message, so concurrent feedback for one address counts one after the other and two events
-naming the same addresses cannot deadlock. The decisions themselves are
-``app.recipients.rules``, which does no I/O.
+Parse (``app.sns.events``) → claim the MessageId (``app.sns.service``) → ``rules.decide`` once
+per address → write, in one transaction: the recipients' counts, suppressions and audit
+(``app.recipients.service``) and the message's status and history (``app.emails.outbox``).
+The writes are one statement composed from the two owners' fragments: on the SNS hot path a
+round trip costs more than the work (bench/NOTES.md).
+
+Most events (hard bounces, complaints, deliveries to an address with no soft bounce counted)
+take two statements: claim and find; write. Soft bounces, and deliveries that reset a count,
+take the locked path: the recipients are locked in address-hash order and then the message,
+so concurrent feedback for one address counts one after the other and two events naming the
+same addresses cannot deadlock.
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import asyncpg
+
 from app.db import NamedStatement
+from app.emails import outbox
 from app.errors import AppError
 from app.models import MessageStatus
 from app.recipients import rules
+from app.recipients import service as recipients
 from app.recipients.addresses import address_hash, mask_address
+from app.sns import service as sns
 from app.sns.events import EventKind, SesEvent, SesEventError, parse_ses_event
-from app.sns.service import SnsOutcome, claim_values, record_sns_message
+from app.sns.service import SnsOutcome
 
 log = logging.getLogger(__name__)
 
@@ -38,151 +46,15 @@ _STATE_CHANGING_TYPES: Final = frozenset(
     {"Bounce", "Complaint", "Delivery", "Reject", "Rendering Failure"}
 )
 
+# Everything an event changes, in one statement: each owner's part, composed.
+_WRITE = NamedStatement.of(
+    "WITH" + recipients.FEEDBACK_WRITES + "," + outbox.FEEDBACK_WRITES + "\nSELECT 1"
+)
+
 
 class UnreadableSesEvent(AppError):
     status_code = 400
     code = "unreadable_ses_event"
-
-
-# The rules apply to addresses tegami never mailed, so a soft bounce creates the recipient it
-# counts for. An erased recipient (address NULL) stays erased.
-_CREATE_RECIPIENTS = NamedStatement.of(
-    """
-    INSERT INTO recipient (address_hash, address)
-    SELECT * FROM unnest(CAST(:hashes AS bytea[]), CAST(:addresses AS text[]))
-    ON CONFLICT (address_hash) DO NOTHING
-    """
-)
-
-# The locks are taken in the order rows leave the sort: address-hash order.
-_LOCK_COUNTS = NamedStatement.of(
-    """
-    SELECT address_hash, soft_bounce_count FROM recipient
-    WHERE address_hash = ANY(CAST(:hashes AS bytea[]))
-    ORDER BY address_hash
-    FOR UPDATE
-    """
-)
-
-# SES can publish one soft bounce twice under two SNS MessageIds: it must not count twice.
-# Its own statement, after the locks: a repeat waiting for them then sees the first's audit.
-_SOFT_BOUNCE_SEEN = NamedStatement.of(
-    """
-    SELECT EXISTS (
-        SELECT 1 FROM audit_event
-        WHERE address_hash = ANY(CAST(:hashes AS bytea[]))
-            AND action = 'soft_bounce_counted'
-            AND right(cause, char_length(CAST(:suffix AS text))) = :suffix
-    )
-    """
-)
-
-# By SES MessageId, else by the tegami_id tag (the event beat the worker's record of the SES
-# MessageId). Locked: the worker may be recording it right now.
-_FIND_MESSAGE = NamedStatement.of(
-    """
-    SELECT m.id, m.status, m.expires_at, m.ses_message_id, r.address_hash
-    FROM message AS m JOIN recipient AS r ON r.id = m.recipient_id
-    WHERE m.ses_message_id = :ses_message_id OR m.id = ANY(CAST(:tagged_ids AS uuid[]))
-    ORDER BY m.ses_message_id IS NOT DISTINCT FROM :ses_message_id DESC
-    LIMIT 1
-    FOR UPDATE OF m
-    """
-)
-
-# The fast path's first statement: claim the MessageId and find and lock the message, and
-# read (without a lock) the highest soft-bounce count among the event's addresses. No row:
-# a duplicate, or a message tegami does not know (``_CLAIMED_HERE`` tells which).
-_CLAIM_AND_FIND = NamedStatement.of(
-    """
-    WITH claimed AS (
-        INSERT INTO sns_message (message_id, type, topic_arn, outcome)
-        VALUES (:message_id, :type, :topic_arn, :outcome)
-        ON CONFLICT (message_id) DO NOTHING
-        RETURNING true
-    )
-    SELECT m.id, m.status, m.expires_at, m.ses_message_id, r.address_hash,
-        (SELECT COALESCE(max(soft_bounce_count), 0) FROM recipient
-            WHERE address_hash = ANY(CAST(:hashes AS bytea[]))) AS counted
-    FROM message AS m JOIN recipient AS r ON r.id = m.recipient_id
-    WHERE (m.ses_message_id = :ses_message_id OR m.id = ANY(CAST(:tagged_ids AS uuid[])))
-        AND EXISTS (SELECT FROM claimed)
-    ORDER BY m.ses_message_id IS NOT DISTINCT FROM :ses_message_id DESC
-    LIMIT 1
-    FOR UPDATE OF m
-    """
-)
-
-# Whether this transaction inserted the MessageId (the row's xmin is our transaction id).
-_CLAIMED_HERE = NamedStatement.of(
-    """
-    SELECT
-        EXISTS (SELECT FROM sns_message
-            WHERE message_id = :message_id AND xmin = CAST(pg_current_xact_id() AS xid)),
-        (SELECT COALESCE(max(soft_bounce_count), 0) FROM recipient
-            WHERE address_hash = ANY(CAST(:hashes AS bytea[])))
-    """
-)
-
-# Everything the event changes, in one statement. ``audit_order`` keeps each address's lines
-# in the order they happened (counted, then suppressed), addresses in lock order.
-_WRITE_OUTCOME = NamedStatement.of(
-    """
-    WITH counts AS (
-        SELECT * FROM unnest(
-            CAST(:count_hashes AS bytea[]), CAST(:counts AS int[]),
-            CAST(:count_details AS text[]), CAST(:count_order AS int[])
-        ) AS c(address_hash, count, detail, audit_order)
-    ),
-    counted AS (
-        UPDATE recipient AS r SET soft_bounce_count = c.count, updated_at = now()
-        FROM counts AS c WHERE r.address_hash = c.address_hash
-    ),
-    suppressions AS (
-        SELECT * FROM unnest(
-            CAST(:suppress_hashes AS bytea[]), CAST(:suppress_reasons AS text[]),
-            CAST(:suppress_order AS int[])
-        ) AS s(address_hash, reason, audit_order)
-    ),
-    suppressed AS (
-        -- The first cause is kept: an address already suppressed is not audited again.
-        INSERT INTO suppression (address_hash, reason, cause, detail)
-        SELECT address_hash, reason, :cause, :address_detail FROM suppressions
-        ON CONFLICT (address_hash) DO NOTHING
-        RETURNING address_hash
-    ),
-    audited AS (
-        INSERT INTO audit_event (address_hash, action, reason, cause, detail)
-        SELECT address_hash, action, reason, :cause, detail FROM (
-            SELECT address_hash, audit_order, NULL AS reason, detail,
-                CASE WHEN count > 0 THEN 'soft_bounce_counted'
-                    ELSE 'soft_bounce_count_reset' END AS action
-            FROM counts
-            UNION ALL
-            SELECT s.address_hash, s.audit_order, s.reason,
-                CAST(:address_detail AS text), 'suppressed'
-            FROM suppressions AS s JOIN suppressed USING (address_hash)
-        ) AS lines
-        ORDER BY audit_order
-    ),
-    changed AS (
-        UPDATE message SET
-            ses_message_id = COALESCE(ses_message_id, CAST(:ses_message_id AS text)),
-            status = COALESCE(CAST(:status AS text), status),
-            next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-            last_error = COALESCE(CAST(:last_error AS text), last_error),
-            updated_at = CASE WHEN CAST(:status AS text) IS NULL THEN updated_at ELSE now() END
-        WHERE id = CAST(:message_id AS uuid)
-            AND (CAST(:status AS text) IS NOT NULL OR ses_message_id IS NULL)
-    )
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT CAST(:message_id AS uuid), kind, detail, :cause
-    FROM unnest(CAST(:event_kinds AS text[]), CAST(:event_details AS text[]))
-        WITH ORDINALITY AS e(kind, detail, n)
-    WHERE CAST(:message_id AS uuid) IS NOT NULL
-    ORDER BY n
-    """
-)
 
 
 def read_ses_event(message: str) -> SesEvent | None:
@@ -213,7 +85,7 @@ def event_cause(event: SesEvent, *, sns_message_id: str) -> str:
 
 
 async def apply_notification(
-    connection: Any,
+    connection: asyncpg.Connection,
     *,
     message: Mapping[str, Any],
     secret: str,
@@ -227,49 +99,199 @@ async def apply_notification(
     move the rates SES reviews the account by.
     """
     event = read_ses_event(message["Message"])
-    outcome = await _apply_event(connection, event, message=message, secret=secret, now=now)
-    if (
-        outcome is SnsOutcome.APPLIED
-        and on_reputation_event is not None
-        and event is not None
-        and (event.kind is EventKind.COMPLAINT or event.is_hard_bounce)
-    ):
-        on_reputation_event()
-    return outcome
-
-
-async def _apply_event(
-    connection: Any,
-    event: SesEvent | None,
-    *,
-    message: Mapping[str, Any],
-    secret: str,
-    now: datetime,
-) -> SnsOutcome:
     if event is None:
         # One statement: its own transaction.
-        if not await record_sns_message(connection, message=message, outcome=SnsOutcome.IGNORED):
+        if not await sns.record_sns_message(
+            connection, message=message, outcome=SnsOutcome.IGNORED
+        ):
             return SnsOutcome.DUPLICATE
         log.info(
             "SNS notification is not SES feedback we act on; ignored",
             extra={"sns_message_id": message["MessageId"], "topic_arn": message["TopicArn"]},
         )
         return SnsOutcome.IGNORED
-    target = _Target.of(event, secret=secret)
+    outcome = await _apply(connection, event, message=message, secret=secret, now=now)
+    moves_rates = event.kind is EventKind.COMPLAINT or event.is_hard_bounce
+    if outcome is SnsOutcome.APPLIED and on_reputation_event is not None and moves_rates:
+        on_reputation_event()
+    return outcome
+
+
+async def _apply(
+    connection: asyncpg.Connection,
+    event: SesEvent,
+    *,
+    message: Mapping[str, Any],
+    secret: str,
+    now: datetime,
+) -> SnsOutcome:
+    addresses = _addresses(event, secret=secret)
+    feedback = _Feedback(event, message["MessageId"], addresses, now)
     if not event.is_soft_bounce:
         try:
             async with _transaction(connection):
-                return await _apply_unlocked(
-                    connection, event=event, target=target, message=message, now=now
-                )
+                return await _apply_unlocked(connection, feedback, message=message)
         except _NeedsRecipientLocks:
             pass  # rolled back: nothing of it was kept
     async with _transaction(connection):
-        return await _apply_locked(connection, event=event, target=target, message=message, now=now)
+        return await _apply_locked(connection, feedback, message=message)
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    event: SesEvent
+    sns_message_id: str
+    # One entry per address hash (Taro@ and taro@ are one recipient).
+    addresses: dict[bytes, str]
+    now: datetime
+
+
+def _addresses(event: SesEvent, *, secret: str) -> dict[bytes, str]:
+    addresses: dict[bytes, str] = {}
+    for address in event.recipients:
+        addresses.setdefault(address_hash(address, secret=secret), address)
+    return addresses
+
+
+class _NeedsRecipientLocks(Exception):
+    """Raised inside the fast path's transaction to roll it back and take the locked path."""
+
+
+async def _apply_unlocked(
+    connection: asyncpg.Connection, feedback: _Feedback, *, message: Mapping[str, Any]
+) -> SnsOutcome:
+    """Events that change no soft-bounce count: claim and find; write.
+
+    A Delivery resets the count, but only an address whose count is above 0 needs it: read
+    without a lock, a 0 means no soft bounce had committed, so this Delivery is ordered
+    before any still in flight and leaves the count alone. Above 0, the locked path runs.
+    """
+    event = feedback.event
+    claimed = await sns.claim_and_find(
+        connection,
+        message=message,
+        hashes=sorted(feedback.addresses),
+        ses_message_id=event.ses_message_id,
+        tagged_ids=_tagged_ids(event),
+    )
+    if claimed is None:
+        return SnsOutcome.DUPLICATE
+    if event.kind is EventKind.DELIVERY and claimed.highest_soft_bounce_count > 0:
+        raise _NeedsRecipientLocks
+    target = outbox.FeedbackTarget.of(claimed.message) if claimed.message is not None else None
+    counts = dict.fromkeys(feedback.addresses, 0)
+    await _decide_and_write(connection, feedback, counts=counts, target=target)
+    return SnsOutcome.APPLIED
+
+
+async def _apply_locked(
+    connection: asyncpg.Connection, feedback: _Feedback, *, message: Mapping[str, Any]
+) -> SnsOutcome:
+    """Soft bounces, and Deliveries that reset a count: the recipients are locked (in hash
+    order, then the message), so concurrent feedback for one address counts one after the
+    other. DUPLICATE also for a repeat of a soft bounce already counted (same feedbackId)."""
+    event = feedback.event
+    if not await sns.record_sns_message(connection, message=message, outcome=SnsOutcome.APPLIED):
+        return SnsOutcome.DUPLICATE
+    counts = await recipients.lock_soft_bounce_counts(
+        connection, addresses=feedback.addresses, create=event.is_soft_bounce
+    )
+    # Checked under the locks, so a concurrent repeat waits and then sees the first.
+    if (
+        event.is_soft_bounce
+        and event.feedback_id
+        and await recipients.soft_bounce_seen(
+            connection, hashes=sorted(feedback.addresses), feedback_id=event.feedback_id
+        )
+    ):
+        log.info(
+            "soft bounce already counted (same feedbackId)",
+            extra={"sns_message_id": feedback.sns_message_id, "feedback_id": event.feedback_id},
+        )
+        return SnsOutcome.DUPLICATE
+    target = await outbox.find_for_feedback(
+        connection, ses_message_id=event.ses_message_id, tagged_ids=_tagged_ids(event)
+    )
+    await _decide_and_write(connection, feedback, counts=counts, target=target)
+    return SnsOutcome.APPLIED
+
+
+async def _decide_and_write(
+    connection: asyncpg.Connection,
+    feedback: _Feedback,
+    *,
+    counts: Mapping[bytes, int],
+    target: outbox.FeedbackTarget | None,
+) -> None:
+    """DESIGN's rules for each address (in lock order) and the message, then one write."""
+    event = feedback.event
+    decisions = {
+        hashed: rules.decide(event.feedback, soft_bounce_count=counts.get(hashed, 0))
+        for hashed in sorted(feedback.addresses)
+    }
+    _log_decisions(feedback, decisions)
+    cause = event_cause(event, sns_message_id=feedback.sns_message_id)
+    address_values = recipients.feedback_values(
+        decisions, cause=cause, address_detail=_address_detail(event)
+    )
+    if target is None and not recipients.changes_anything(address_values):
+        return
+    message_values = _message_values(event, decisions, target=target, now=feedback.now)
+    await connection.execute(_WRITE.sql, *_WRITE.args(address_values | message_values))
+
+
+def _message_values(
+    event: SesEvent,
+    decisions: Mapping[bytes, rules.Decision],
+    *,
+    target: outbox.FeedbackTarget | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The message's part: its history, and its status when the event is about its latest
+    send (not an earlier send of a mail sent again since)."""
+    history = [outbox.HistoryLine(event.kind.value, _event_detail(event), event.feedback.value)]
+    change = None
+    if target is not None and target.ses_message_id in (None, event.ses_message_id):
+        # The message's own recipient; an event that does not name it judges it alone.
+        decision = decisions.get(target.address_hash) or rules.decide(
+            event.feedback, soft_bounce_count=0
+        )
+        change = rules.message_change(
+            decision, status=target.status, expires_at=target.expires_at, now=now
+        )
+    last_error = None
+    if change is not None and change.next_attempt_at is not None:
+        when = change.next_attempt_at.isoformat()
+        history.append(outbox.HistoryLine("resend_scheduled", f"soft bounce: sent again at {when}"))
+    elif change is not None and change.status in (MessageStatus.FAILED, MessageStatus.BOUNCED):
+        last_error = _event_detail(event)
+    return outbox.feedback_values(
+        target,
+        ses_message_id=event.ses_message_id,
+        history=history,
+        status=change.status if change is not None else None,
+        next_attempt_at=change.next_attempt_at if change is not None else None,
+        last_error=last_error,
+    )
+
+
+def _log_decisions(feedback: _Feedback, decisions: Mapping[bytes, rules.Decision]) -> None:
+    for hashed, decision in decisions.items():
+        if decision.suppress is not None or decision.soft_bounce_count:
+            log.info(
+                "SES feedback applied to an address",
+                extra={
+                    "event": feedback.event.kind.value,
+                    "to": mask_address(feedback.addresses[hashed]),
+                    "suppressed": decision.suppress,
+                    "soft_bounce_count": decision.soft_bounce_count,
+                    "sns_message_id": feedback.sns_message_id,
+                },
+            )
 
 
 @contextlib.asynccontextmanager
-async def _transaction(connection: Any) -> AsyncIterator[None]:
+async def _transaction(connection: asyncpg.Connection) -> AsyncIterator[None]:
     """A transaction whose prepared statements run on their generic plans.
 
     Left to choose, PostgreSQL re-plans the statements with arrays and CTEs above on every
@@ -289,164 +311,6 @@ async def _transaction(connection: Any) -> AsyncIterator[None]:
     await connection.execute("COMMIT")
 
 
-class _NeedsRecipientLocks(Exception):
-    """Raised inside the fast path's transaction to roll it back and take the locked path."""
-
-
-@dataclass(frozen=True)
-class _Target:
-    """The event's addresses: one entry per address hash (Taro@ and taro@ are one recipient),
-    in lock order."""
-
-    addresses: dict[bytes, str]
-    hashes: list[bytes]
-
-    @classmethod
-    def of(cls, event: SesEvent, *, secret: str) -> _Target:
-        addresses: dict[bytes, str] = {}
-        for address in event.recipients:
-            addresses.setdefault(address_hash(address, secret=secret), address)
-        return cls(addresses, sorted(addresses))
-
-
-async def _apply_unlocked(
-    connection: Any,
-    *,
-    event: SesEvent,
-    target: _Target,
-    message: Mapping[str, Any],
-    now: datetime,
-) -> SnsOutcome:
-    """Events that change no soft-bounce count: two statements (claim and find; write).
-
-    A Delivery resets the count, but only an address whose count is above 0 needs it: read
-    without a lock, a 0 means no soft bounce had committed, so this Delivery is ordered
-    before any still in flight and leaves the count alone. Above 0, the locked path runs.
-    """
-    values = {
-        **claim_values(message, SnsOutcome.APPLIED),
-        "hashes": target.hashes,
-        "ses_message_id": event.ses_message_id,
-        "tagged_ids": _tagged_ids(event),
-    }
-    row = await connection.fetchrow(_CLAIM_AND_FIND.sql, *_CLAIM_AND_FIND.args(values))
-    found: _Message | None = None
-    if row is None:
-        claimed, counted = await connection.fetchrow(_CLAIMED_HERE.sql, *_CLAIMED_HERE.args(values))
-        if not claimed:
-            return SnsOutcome.DUPLICATE
-    else:
-        found, counted = _Message.of(row), row[5]
-    if event.kind is EventKind.DELIVERY and counted > 0:
-        raise _NeedsRecipientLocks
-    decisions = {h: rules.decide(event.feedback, soft_bounce_count=0) for h in target.hashes}
-    await _write(
-        connection,
-        event,
-        target=target,
-        decisions=decisions,
-        found=found,
-        sns_message_id=message["MessageId"],
-        now=now,
-    )
-    return SnsOutcome.APPLIED
-
-
-async def _apply_locked(
-    connection: Any,
-    *,
-    event: SesEvent,
-    target: _Target,
-    message: Mapping[str, Any],
-    now: datetime,
-) -> SnsOutcome:
-    """Soft bounces, and Deliveries that reset a count: the recipients are locked (in hash
-    order, then the message), so concurrent feedback for one address counts one after the
-    other. DUPLICATE also for a repeat of a soft bounce already counted (same feedbackId)."""
-    if not await record_sns_message(connection, message=message, outcome=SnsOutcome.APPLIED):
-        return SnsOutcome.DUPLICATE
-    hashes = target.hashes
-    if event.is_soft_bounce:
-        addresses = [target.addresses[h] for h in hashes]
-        await connection.execute(_CREATE_RECIPIENTS.sql, hashes, addresses)
-    counts = {bytes(row[0]): row[1] for row in await connection.fetch(_LOCK_COUNTS.sql, hashes)}
-    # Checked under the locks, so a concurrent repeat waits and then sees the first.
-    if (
-        event.is_soft_bounce
-        and event.feedback_id
-        and await connection.fetchval(
-            _SOFT_BOUNCE_SEEN.sql, hashes, f" feedback:{event.feedback_id}"
-        )
-    ):
-        log.info(
-            "soft bounce already counted (same feedbackId)",
-            extra={"sns_message_id": message["MessageId"], "feedback_id": event.feedback_id},
-        )
-        return SnsOutcome.DUPLICATE
-    decisions = {
-        h: rules.decide(event.feedback, soft_bounce_count=counts.get(h, 0)) for h in hashes
-    }
-    found = await _find_message(connection, event)
-    await _write(
-        connection,
-        event,
-        target=target,
-        decisions=decisions,
-        found=found,
-        sns_message_id=message["MessageId"],
-        now=now,
-    )
-    return SnsOutcome.APPLIED
-
-
-async def _write(
-    connection: Any,
-    event: SesEvent,
-    *,
-    target: _Target,
-    decisions: Mapping[bytes, rules.Decision],
-    found: _Message | None,
-    sns_message_id: str,
-    now: datetime,
-) -> None:
-    """Log what the event did to each address, then write it all in one statement."""
-    cause = event_cause(event, sns_message_id=sns_message_id)
-    for hashed, decision in decisions.items():
-        if decision.suppress is not None or decision.soft_bounce_count:
-            log.info(
-                "SES feedback applied to an address",
-                extra={
-                    "event": event.kind.value,
-                    "to": mask_address(target.addresses[hashed]),
-                    "suppressed": decision.suppress,
-                    "soft_bounce_count": decision.soft_bounce_count,
-                    "sns_message_id": sns_message_id,
-                },
-            )
-    values = _outcome_values(event, decisions=decisions, message=found, cause=cause, now=now)
-    if values is not None:
-        await connection.execute(_WRITE_OUTCOME.sql, *_WRITE_OUTCOME.args(values))
-
-
-@dataclass(frozen=True)
-class _Message:
-    id: uuid.UUID
-    status: MessageStatus
-    expires_at: datetime | None
-    ses_message_id: str | None
-    address_hash: bytes
-
-    @classmethod
-    def of(cls, row: Any) -> _Message:
-        return cls(
-            id=row[0],
-            status=MessageStatus(row[1]),
-            expires_at=row[2],
-            ses_message_id=row[3],
-            address_hash=bytes(row[4]),
-        )
-
-
 def _tagged_ids(event: SesEvent) -> list[uuid.UUID]:
     tagged: list[uuid.UUID] = []
     for tag in event.tags.get("tegami_id", ()):
@@ -455,95 +319,6 @@ def _tagged_ids(event: SesEvent) -> list[uuid.UUID]:
         except ValueError:
             continue
     return tagged
-
-
-async def _find_message(connection: Any, event: SesEvent) -> _Message | None:
-    row = await connection.fetchrow(_FIND_MESSAGE.sql, event.ses_message_id, _tagged_ids(event))
-    return _Message.of(row) if row is not None else None
-
-
-def _outcome_values(
-    event: SesEvent,
-    *,
-    decisions: Mapping[bytes, rules.Decision],
-    message: _Message | None,
-    cause: str,
-    now: datetime,
-) -> dict[str, Any] | None:
-    """The parameters of ``_WRITE_OUTCOME``; None when the event changes nothing at all."""
-    detail = _address_detail(event)
-    values: dict[str, Any] = {
-        "cause": cause,
-        "address_detail": detail,
-        "count_hashes": [],
-        "counts": [],
-        "count_details": [],
-        "count_order": [],
-        "suppress_hashes": [],
-        "suppress_reasons": [],
-        "suppress_order": [],
-        "message_id": None,
-        "ses_message_id": None,
-        "status": None,
-        "next_attempt_at": None,
-        "last_error": None,
-        "event_kinds": [],
-        "event_details": [],
-    }
-    for position, (hashed, decision) in enumerate(decisions.items()):
-        count = decision.soft_bounce_count
-        if count is not None:
-            values["count_hashes"].append(hashed)
-            values["counts"].append(count)
-            values["count_details"].append(
-                f"{detail}; {count} of {rules.SOFT_BOUNCE_LIMIT}" if count else detail
-            )
-            values["count_order"].append(2 * position)
-        if decision.suppress is not None:
-            values["suppress_hashes"].append(hashed)
-            values["suppress_reasons"].append(decision.suppress.value)
-            values["suppress_order"].append(2 * position + 1)
-    if message is not None:
-        _message_values(values, event, decisions=decisions, message=message, now=now)
-    if message is None and not values["count_hashes"] and not values["suppress_hashes"]:
-        return None
-    return values
-
-
-def _message_values(
-    values: dict[str, Any],
-    event: SesEvent,
-    *,
-    decisions: Mapping[bytes, rules.Decision],
-    message: _Message,
-    now: datetime,
-) -> None:
-    """The message's part of the outcome: its history, and its status when the event is about
-    its latest send."""
-    values["message_id"] = message.id
-    values["ses_message_id"] = event.ses_message_id
-    values["event_kinds"].append(event.kind.value)
-    values["event_details"].append(_event_detail(event))
-    if message.ses_message_id not in (None, event.ses_message_id):
-        # About an earlier send of this message (it was sent again since): history only.
-        return
-    decision = decisions.get(message.address_hash)
-    if decision is None:  # the event does not name the message's own recipient
-        decision = rules.decide(event.feedback, soft_bounce_count=0)
-    change = rules.message_change(
-        decision, status=message.status, expires_at=message.expires_at, now=now
-    )
-    if change is None:
-        return
-    values["status"] = change.status.value
-    if change.next_attempt_at is not None:
-        values["next_attempt_at"] = change.next_attempt_at
-        values["event_kinds"].append("resend_scheduled")
-        values["event_details"].append(
-            f"soft bounce: sent again at {change.next_attempt_at.isoformat()}"
-        )
-    elif change.status in (MessageStatus.FAILED, MessageStatus.BOUNCED):
-        values["last_error"] = _event_detail(event)
 
 
 def _address_detail(event: SesEvent) -> str:

@@ -8,11 +8,14 @@ statement at a time: no transaction is held open while SNS is fetched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Final
 
+import asyncpg
 import httpx
 from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -69,7 +72,7 @@ def claim_values(message: Mapping[str, Any], outcome: SnsOutcome) -> dict[str, A
 
 
 async def record_sns_message(
-    connection: Any, *, message: Mapping[str, Any], outcome: SnsOutcome
+    connection: asyncpg.Connection, *, message: Mapping[str, Any], outcome: SnsOutcome
 ) -> bool:
     """Claim the MessageId; False when it was already applied (or is being, concurrently:
     the insert waits for the other transaction and then finds it).
@@ -81,10 +84,80 @@ async def record_sns_message(
     return claimed is not None
 
 
-async def is_recorded(connection: Any, *, message_id: str) -> bool:
-    found = await connection.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM sns_message WHERE message_id = $1)", message_id
+# The fast path of SES feedback, its first statement: claim the MessageId and, only then, find
+# and lock the message it is about (as app.emails.outbox.find_for_feedback does), with the
+# highest soft-bounce count among the event's addresses (read without a lock). No row: a
+# duplicate, or a message tegami does not know (``claimed_here`` tells which).
+_CLAIM_AND_FIND = NamedStatement.of(
+    """
+    WITH claimed AS (
+        INSERT INTO sns_message (message_id, type, topic_arn, outcome)
+        VALUES (:message_id, :type, :topic_arn, :outcome)
+        ON CONFLICT (message_id) DO NOTHING
+        RETURNING true
     )
+    SELECT m.id, m.status, m.expires_at, m.ses_message_id, r.address_hash,
+        (SELECT COALESCE(max(soft_bounce_count), 0) FROM recipient
+            WHERE address_hash = ANY(CAST(:hashes AS bytea[]))) AS counted
+    FROM message AS m JOIN recipient AS r ON r.id = m.recipient_id
+    WHERE (m.ses_message_id = :ses_message_id OR m.id = ANY(CAST(:tagged_ids AS uuid[])))
+        AND EXISTS (SELECT FROM claimed)
+    ORDER BY m.ses_message_id IS NOT DISTINCT FROM :ses_message_id DESC
+    LIMIT 1
+    FOR UPDATE OF m
+    """
+)
+
+# Whether this transaction inserted the MessageId (the row's xmin is our transaction id).
+_CLAIMED_HERE = NamedStatement.of(
+    """
+    SELECT
+        EXISTS (SELECT FROM sns_message
+            WHERE message_id = :message_id AND xmin = CAST(pg_current_xact_id() AS xid)),
+        (SELECT COALESCE(max(soft_bounce_count), 0) FROM recipient
+            WHERE address_hash = ANY(CAST(:hashes AS bytea[])))
+    """
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A Notification's MessageId claimed in this transaction: the message it names (a row
+    of app.emails.outbox.FeedbackTarget's shape, or None), the addresses' highest count."""
+
+    message: asyncpg.Record | None
+    highest_soft_bounce_count: int
+
+
+async def claim_and_find(
+    connection: asyncpg.Connection,
+    *,
+    message: Mapping[str, Any],
+    hashes: Sequence[bytes],
+    ses_message_id: str,
+    tagged_ids: Sequence[uuid.UUID],
+) -> Claimed | None:
+    """Claim the MessageId and find the message, in one round trip; None for a duplicate."""
+    values = {
+        **claim_values(message, SnsOutcome.APPLIED),
+        "hashes": list(hashes),
+        "ses_message_id": ses_message_id,
+        "tagged_ids": list(tagged_ids),
+    }
+    row = await connection.fetchrow(_CLAIM_AND_FIND.sql, *_CLAIM_AND_FIND.args(values))
+    if row is not None:
+        return Claimed(message=row, highest_soft_bounce_count=row["counted"])
+    claimed, counted = await connection.fetchrow(_CLAIMED_HERE.sql, *_CLAIMED_HERE.args(values))
+    return Claimed(message=None, highest_soft_bounce_count=counted) if claimed else None
+
+
+_IS_RECORDED = NamedStatement.of(
+    "SELECT EXISTS (SELECT 1 FROM sns_message WHERE message_id = :message_id)"
+)
+
+
+async def is_recorded(connection: asyncpg.Connection, *, message_id: str) -> bool:
+    found = await connection.fetchval(_IS_RECORDED.sql, message_id)
     return bool(found)
 
 
