@@ -19,6 +19,7 @@ from app.dev.router import router as dev_router
 from app.emails.router import router as emails_router
 from app.emails.sender import SesSender, open_sender
 from app.emails.worker import Worker
+from app.erasure.router import router as erasure_router
 from app.errors import install_error_handlers
 from app.ops.health import router as health_router
 from app.ops.limits import BodySizeLimit
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(emails_router)
     app.include_router(recipients_router)
+    app.include_router(erasure_router)
     app.include_router(sns_router)
     app.include_router(unsubscribe_router)
     app.include_router(health_router)

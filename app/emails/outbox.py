@@ -41,10 +41,11 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import NamedStatement
 from app.models import PENDING_STATUSES, Category, Message, MessageEvent, MessageStatus
+from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
 
 OUTBOX_CHANNEL = "tegami_outbox"
 # The NOTIFY payload: which process accepted the mail. That process's own worker was already
@@ -622,6 +623,54 @@ async def resume_sending(connection: asyncpg.Connection) -> str | None:
     """Lift the pause; the reason it was paused for, or None if it was not."""
     reason: str | None = await connection.fetchval(_RESUME.sql)
     return reason
+
+
+# -- erasure (app.erasure orchestrates it with the recipient's owner) ----------------------
+
+ERASED = "recipient erased"
+
+
+async def erase_mail(session: AsyncSession, *, recipient_id: int, address: str, cause: str) -> bool:
+    """Erase a recipient's personal data from its mail: queued mail is not sent (failed, with
+    a history line), every mail loses its address, params and the app's user id, and free text
+    that quotes the address is scrubbed. True when anything was there to erase."""
+    mine = Message.recipient_id == recipient_id
+    stopped = (
+        await session.execute(
+            update(Message)
+            .where(mine, Message.status == MessageStatus.QUEUED)
+            .values(status=MessageStatus.FAILED, last_error=ERASED, updated_at=func.now())
+            .returning(Message.id)
+        )
+    ).scalars()
+    session.add_all(
+        MessageEvent(message_id=message_id, kind="blocked", detail=ERASED, cause=cause)
+        for message_id in stopped
+    )
+    personal = or_(
+        Message.to_address.is_not(None), Message.params.is_not(None), Message.user_id.is_not(None)
+    )
+    wiped = await session.execute(
+        update(Message)
+        .where(mine, personal)
+        # null(): a bare None would be stored as the JSON value null, not SQL NULL.
+        .values(to_address=None, params=null(), user_id=None, updated_at=func.now())
+    )
+    pattern = quoted_address_pattern(address)
+    await session.execute(
+        update(Message)
+        .where(mine, Message.last_error.regexp_match(pattern, "i"))
+        .values(last_error=Message.last_error.regexp_replace(pattern, ERASED_MARK, "gi"))
+    )
+    await session.execute(
+        update(MessageEvent)
+        .where(
+            MessageEvent.message_id.in_(select(Message.id).where(mine)),
+            MessageEvent.detail.regexp_match(pattern, "i"),
+        )
+        .values(detail=MessageEvent.detail.regexp_replace(pattern, ERASED_MARK, "gi"))
+    )
+    return bool(wiped.rowcount)  # type: ignore[attr-defined]
 
 
 # -- the reputation guard ----------------------------------------------------------------

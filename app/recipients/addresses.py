@@ -114,3 +114,15 @@ def mask_address(address: str) -> str:
     if not at:
         return "***"
     return f"{local[:1]}***@{domain}"
+
+
+# What an erased address becomes wherever free text quoted it (bounce diagnostics, SES errors).
+ERASED_MARK = "[erased]"
+
+
+def quoted_address_pattern(address: str) -> str:
+    """A PostgreSQL regular expression (use case-insensitively) for the address wherever free
+    text quotes it, in either spelling of a legacy carrier address: `taro.@x`, `"taro."@x`."""
+    # re.escape's backslashes mean "this character, literally" to PostgreSQL's regex as well.
+    local, _, domain = normalize_address(address).rpartition("@")
+    return f'"?{re.escape(local)}"?@{re.escape(domain)}'

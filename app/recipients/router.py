@@ -1,4 +1,5 @@
-"""The recipient API: read a recipient's state, erase it, suppress or lift by hand."""
+"""The recipient API: read a recipient's state, suppress or lift by hand. (Erasing one is
+app.erasure: it crosses the outbox too.)"""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from app.db import SessionDep
 from app.errors import NotFound
 from app.models import SuppressionReason
 from app.recipients import service
-from app.recipients.addresses import address_hash, check_address, mask_address
+from app.recipients.addresses import address_hash, check_address
 from app.recipients.schemas import (
     AuditEventRead,
-    ErasureRead,
     OptOutRead,
     RecipientRead,
     SesSuppressionListRead,
@@ -26,7 +26,7 @@ from app.recipients.schemas import (
     SuppressionLiftRead,
     SuppressionRead,
 )
-from app.recipients.ses_list import SesListOutcome, SesSuppressionList, SesUnavailable
+from app.recipients.ses_list import SesSuppressionList
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No or unk
 INVALID_ADDRESS: dict[int | str, dict[str, Any]] = {422: {"description": "Not an email address."}}
 
 
-def _hash(request: Request, email: str) -> bytes:
+def hash_of(request: Request, email: str) -> bytes:
     settings: Settings = request.app.state.settings
     return address_hash(email, secret=settings.address_hash_secret.get_secret_value())
 
@@ -116,7 +116,7 @@ async def suppress_recipient(
     session: SessionDep,
     caller: AdminKeyDep,
 ) -> RecipientRead:
-    hashed = _hash(request, email)
+    hashed = hash_of(request, email)
     await service.suppress(
         session,
         address_hash=hashed,
@@ -128,7 +128,7 @@ async def suppress_recipient(
     return await _state(session, hashed)
 
 
-def _ses_list(request: Request) -> SesSuppressionList:
+def ses_list_of(request: Request) -> SesSuppressionList:
     ses_list: SesSuppressionList = request.app.state.ses_suppression_list
     return ses_list
 
@@ -155,11 +155,11 @@ def _ses_list(request: Request) -> SesSuppressionList:
 async def lift_suppression(
     email: EmailPath, request: Request, session: SessionDep, caller: AdminKeyDep
 ) -> SuppressionLiftRead:
-    hashed = _hash(request, email)
+    hashed = hash_of(request, email)
     if await service.suppression_reason(session, address_hash=hashed) is None:
         raise NotFound("the address is not suppressed", code="suppression_not_found")
     # SES first: if it fails, tegami still holds the suppression and the operator retries.
-    outcome = await _ses_list(request).remove(email)
+    outcome = await ses_list_of(request).remove(email)
     if not await service.lift_suppression(session, address_hash=hashed, cause=caller.cause):
         raise NotFound("the address is not suppressed", code="suppression_not_found")
     await session.commit()
@@ -179,42 +179,4 @@ async def lift_suppression(
 async def get_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
 ) -> RecipientRead:
-    return await _state(session, _hash(request, email))
-
-
-@router.delete(
-    "/{email:anytext}",
-    response_model=ErasureRead,
-    summary="Erase the personal data held for an address",
-    description="Removes the address, the app's user id and the mails' params. Queued mail to "
-    "the address is not sent. A suppression stays, held as a keyed hash of the address, so an "
-    "address that bounced or complained stays blocked. The address is also taken off SES's "
-    "account-level suppression list; when SES cannot be reached the erasure still happens and "
-    "`ses_suppression_list.outcome` is `failed`. Erasing an unknown address is not an error.",
-    responses={**UNAUTHORIZED, **INVALID_ADDRESS},
-)
-async def erase_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
-) -> ErasureRead:
-    erased = await service.erase(
-        session, address=email, address_hash=_hash(request, email), cause=caller.cause
-    )
-    await session.commit()
-    try:
-        outcome = await _ses_list(request).remove(email)
-    except SesUnavailable as exc:
-        log.warning(
-            "erased, but SES's suppression list could not be updated",
-            extra={
-                "event": "ses_suppression_list_not_updated",
-                "address": mask_address(email),
-                "error": exc.message,
-            },
-        )
-        return ErasureRead(
-            erased=erased,
-            ses_suppression_list=SesSuppressionListRead(
-                outcome=SesListOutcome.FAILED, message=exc.message
-            ),
-        )
-    return ErasureRead(erased=erased, ses_suppression_list=SesSuppressionListRead(outcome=outcome))
+    return await _state(session, hash_of(request, email))

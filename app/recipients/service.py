@@ -8,14 +8,13 @@ outbox's into app.sns.feedback's one statement).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, null, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,15 +23,12 @@ from app.errors import NotFound
 from app.models import (
     AuditEvent,
     Category,
-    Message,
-    MessageEvent,
-    MessageStatus,
     OptOut,
     Recipient,
     Suppression,
     SuppressionReason,
 )
-from app.recipients.addresses import normalize_address
+from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
 from app.recipients.rules import SOFT_BOUNCE_LIMIT, Decision
 
 
@@ -163,10 +159,6 @@ async def opt_out(
 
 # -- the recipient API: read a recipient's whole state, erase personal data -----------------
 
-ERASED = "recipient erased"
-# What an erased address becomes wherever it was quoted (bounce diagnostics, SES errors).
-ERASED_MARK = "[erased]"
-
 
 @dataclass(frozen=True)
 class RecipientState:
@@ -221,13 +213,13 @@ async def read_state(session: AsyncSession, *, address_hash: bytes) -> Recipient
     )
 
 
-async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cause: str) -> bool:
-    """Erase the personal data held for ``address``. False when there was none left to erase.
+async def forget_address(session: AsyncSession, *, address: str, address_hash: bytes) -> Forgotten:
+    """Erase the recipient's own personal data: its address and the app's user id, and the
+    address wherever the suppression or the audit trail quote it.
 
     Kept, because they hold only the keyed hash and must keep working: the suppression (a
-    deleted address that complained stays suppressed), opt-outs, and the audit trail. Queued
-    mail to the address fails instead of going out; a mail the worker already holds finds no
-    address when it is next claimed (the worker refuses those too).
+    deleted address that complained stays suppressed), opt-outs, and the audit trail. The
+    recipient's mail is the outbox's to erase (app.erasure orchestrates both).
     """
     recipient = (
         await session.execute(
@@ -236,96 +228,33 @@ async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cau
             .with_for_update()
         )
     ).one_or_none()
-    changed = False
     if recipient is not None:
-        changed = recipient.address is not None
         await session.execute(
             update(Recipient)
             .where(Recipient.id == recipient.id)
             .values(address=None, user_id=None, updated_at=func.now())
         )
-        stopped = (
-            await session.execute(
-                update(Message)
-                .where(
-                    Message.recipient_id == recipient.id,
-                    Message.status == MessageStatus.QUEUED,
-                )
-                .values(status=MessageStatus.FAILED, last_error=ERASED, updated_at=func.now())
-                .returning(Message.id)
-            )
-        ).scalars()
-        session.add_all(
-            MessageEvent(message_id=message_id, kind="blocked", detail=ERASED, cause=cause)
-            for message_id in stopped
+    pattern = quoted_address_pattern(address)
+    for table in (Suppression, AuditEvent):
+        await session.execute(
+            update(table)
+            .where(table.address_hash == address_hash, table.detail.regexp_match(pattern, "i"))
+            .values(detail=table.detail.regexp_replace(pattern, ERASED_MARK, "gi"))
         )
-        wiped = await session.execute(
-            update(Message)
-            .where(
-                Message.recipient_id == recipient.id,
-                or_(
-                    Message.to_address.is_not(None),
-                    Message.params.is_not(None),
-                    Message.user_id.is_not(None),
-                ),
-            )
-            # null(): a bare None would be stored as the JSON value null, not SQL NULL.
-            .values(to_address=None, params=null(), user_id=None, updated_at=func.now())
-        )
-        changed = changed or wiped.rowcount > 0  # type: ignore[attr-defined]
-    await _scrub_quotes(
-        session,
-        address=address,
-        address_hash=address_hash,
+    return Forgotten(
         recipient_id=recipient.id if recipient is not None else None,
+        had_address=recipient is not None and recipient.address is not None,
     )
-    if changed:
-        await record_audit(session, address_hash=address_hash, action="erased", cause=cause)
-    return changed
 
 
-async def _scrub_quotes(
-    session: AsyncSession, *, address: str, address_hash: bytes, recipient_id: int | None
-) -> None:
-    """Replace the address wherever free text quotes it (SES bounce diagnostics often do)."""
-    # re.escape's backslashes mean "this character, literally" to PostgreSQL's regex as well.
-    # Either spelling of a legacy carrier address: `taro.@x` or `"taro."@x`.
-    local, _, domain = normalize_address(address).rpartition("@")
-    pattern = f'"?{re.escape(local)}"?@{re.escape(domain)}'
+@dataclass(frozen=True)
+class Forgotten:
+    recipient_id: int | None  # None: tegami never had a recipient row for the address
+    had_address: bool
 
-    def quoting(column: Any) -> Any:
-        return column.regexp_match(pattern, flags="i")
 
-    def scrubbed(column: Any) -> Any:
-        return column.regexp_replace(pattern, ERASED_MARK, flags="gi")
-
-    await session.execute(
-        update(Suppression)
-        .where(Suppression.address_hash == address_hash, quoting(Suppression.detail))
-        .values(detail=scrubbed(Suppression.detail))
-    )
-    await session.execute(
-        update(AuditEvent)
-        .where(AuditEvent.address_hash == address_hash, quoting(AuditEvent.detail))
-        .values(detail=scrubbed(AuditEvent.detail))
-    )
-    if recipient_id is None:
-        return
-    await session.execute(
-        update(Message)
-        .where(Message.recipient_id == recipient_id, quoting(Message.last_error))
-        .values(last_error=scrubbed(Message.last_error))
-    )
-    await session.execute(
-        update(MessageEvent)
-        .where(
-            MessageEvent.message_id.in_(
-                select(Message.id).where(Message.recipient_id == recipient_id)
-            ),
-            quoting(MessageEvent.detail),
-        )
-        .values(detail=scrubbed(MessageEvent.detail))
-    )
+async def record_erasure(session: AsyncSession, *, address_hash: bytes, cause: str) -> None:
+    await record_audit(session, address_hash=address_hash, action="erased", cause=cause)
 
 
 # -- unsubscribe links --------------------------------------------------------------------
