@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, select, update
@@ -180,7 +181,9 @@ _FIND_AND_TOUCH = NamedStatement.of(
 )
 
 
-async def find_caller(connection: Any, *, key_hash: bytes) -> tuple[Caller, float | None] | None:
+async def find_caller(
+    connection: asyncpg.Connection, *, key_hash: bytes
+) -> tuple[Caller, float | None] | None:
     """The caller of a valid key, and how many seconds it stays valid (None: until revoked)."""
     row = await connection.fetchrow(
         _FIND_AND_TOUCH.sql, *_FIND_AND_TOUCH.args({"key_hash": key_hash})

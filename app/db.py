@@ -77,7 +77,7 @@ _CONNECTION_LOST = (
 
 
 @contextlib.asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """asyncpg's own connection, from the engine's pool, outside any transaction.
 
     For the hot paths that are one statement (a transaction of its own): they skip the ORM

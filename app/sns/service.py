@@ -165,7 +165,7 @@ async def is_recorded(connection: asyncpg.Connection, *, message_id: str) -> boo
 
 
 async def confirm_subscription(
-    connection: Any, *, message: Mapping[str, Any], http: httpx.AsyncClient
+    connection: asyncpg.Connection, *, message: Mapping[str, Any], http: httpx.AsyncClient
 ) -> SnsOutcome:
     """Confirm by fetching SubscribeURL (only an SNS ConfirmSubscription URL for this topic)."""
     try:
@@ -207,7 +207,7 @@ async def confirm_subscription(
 
 
 async def record_unsubscribe_confirmation(
-    connection: Any, *, message: Mapping[str, Any]
+    connection: asyncpg.Connection, *, message: Mapping[str, Any]
 ) -> SnsOutcome:
     # Recorded, never followed: fetching its SubscribeURL would subscribe us again.
     if not await record_sns_message(connection, message=message, outcome=SnsOutcome.RECORDED):
