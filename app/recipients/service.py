@@ -24,6 +24,8 @@ from app.models import (
     SuppressionReason,
 )
 from app.recipients.addresses import normalize_address
+from app.webhooks import deliveries as webhooks
+from app.webhooks.events import EventType, RecipientErasedData, RecipientEventData
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,33 @@ async def record_audit(
     )
 
 
+async def _tell_app(
+    session: AsyncSession,
+    *,
+    type: EventType,
+    address_hash: bytes | None = None,
+    recipient_id: int | None = None,
+    reason: str | None = None,
+    category: str | None = None,
+) -> None:
+    """Record a recipient.* event for the app (app/webhooks), naming the address and user."""
+    if not webhooks.enabled():
+        return
+    where = (
+        Recipient.id == recipient_id
+        if recipient_id is not None
+        else Recipient.address_hash == address_hash
+    )
+    row = (await session.execute(select(Recipient.address, Recipient.user_id).where(where))).first()
+    data = RecipientEventData(
+        address=row.address if row is not None else None,
+        user_id=row.user_id if row is not None else None,
+        reason=reason,
+        category=category,
+    )
+    await webhooks.enqueue_in_session(session, type=type, data=data)
+
+
 async def suppress(
     session: AsyncSession,
     *,
@@ -114,6 +143,9 @@ async def suppress(
             reason=reason,
             cause=cause,
             detail=detail,
+        )
+        await _tell_app(
+            session, type=EventType.RECIPIENT_SUPPRESSED, address_hash=address_hash, reason=reason
         )
     return created
 
@@ -172,6 +204,9 @@ async def lift_suppression(session: AsyncSession, *, address_hash: bytes, cause:
     await record_audit(
         session, address_hash=address_hash, action="suppression_lifted", reason=removed, cause=cause
     )
+    await _tell_app(
+        session, type=EventType.RECIPIENT_UNSUPPRESSED, address_hash=address_hash, reason=removed
+    )
     return True
 
 
@@ -195,7 +230,50 @@ async def opt_out(
         await record_audit(
             session, address_hash=hashed, action="opted_out", reason=category, cause=cause
         )
+        await _tell_app(
+            session,
+            type=EventType.RECIPIENT_OPTED_OUT,
+            recipient_id=recipient_id,
+            category=category,
+        )
     return created
+
+
+async def opt_in(
+    session: AsyncSession, *, recipient_id: int, category: Category, cause: str
+) -> bool:
+    """Lift the recipient's opt-out of ``category``. False when there was none."""
+    hashed = (
+        await session.execute(
+            delete(OptOut)
+            .where(
+                OptOut.recipient_id == recipient_id,
+                OptOut.category == category,
+                Recipient.id == OptOut.recipient_id,
+            )
+            .returning(Recipient.address_hash)
+        )
+    ).scalar_one_or_none()
+    if hashed is None:
+        return False
+    await record_audit(
+        session, address_hash=hashed, action="opted_in", reason=category, cause=cause
+    )
+    await _tell_app(
+        session, type=EventType.RECIPIENT_OPTED_IN, recipient_id=recipient_id, category=category
+    )
+    return True
+
+
+async def recipient_id(session: AsyncSession, *, address_hash: bytes) -> int | None:
+    """The recipient held for the address, if any (None also once erased)."""
+    return (
+        await session.execute(
+            select(Recipient.id).where(
+                Recipient.address_hash == address_hash, Recipient.address.is_not(None)
+            )
+        )
+    ).scalar_one_or_none()
 
 
 # -- the recipient API: read a recipient's whole state, erase personal data -----------------
@@ -268,7 +346,7 @@ async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cau
     """
     recipient = (
         await session.execute(
-            select(Recipient.id, Recipient.address)
+            select(Recipient.id, Recipient.address, Recipient.user_id)
             .where(Recipient.address_hash == address_hash)
             .with_for_update()
         )
@@ -318,6 +396,11 @@ async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cau
     )
     if changed:
         await record_audit(session, address_hash=address_hash, action="erased", cause=cause)
+        if webhooks.enabled():
+            user_id = recipient.user_id if recipient is not None else None
+            await webhooks.enqueue_in_session(
+                session, type=EventType.RECIPIENT_ERASED, data=RecipientErasedData(user_id=user_id)
+            )
     return changed
 
 

@@ -28,6 +28,8 @@ from app.recipients import rules
 from app.recipients.addresses import address_hash, mask_address
 from app.sns.events import EventKind, SesEvent, SesEventError, parse_ses_event
 from app.sns.service import SnsOutcome, claim_values, record_sns_message
+from app.webhooks import deliveries as webhooks
+from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,7 @@ _CLAIMED_HERE = NamedStatement.of(
 
 # Everything the event changes, in one statement. ``audit_order`` keeps each address's lines
 # in the order they happened (counted, then suppressed), addresses in lock order.
-_WRITE_OUTCOME = NamedStatement.of(
-    """
+_WRITE_OUTCOME_SQL = """
     WITH counts AS (
         SELECT * FROM unnest(
             CAST(:count_hashes AS bytea[]), CAST(:counts AS int[]),
@@ -174,7 +175,7 @@ _WRITE_OUTCOME = NamedStatement.of(
             updated_at = CASE WHEN CAST(:status AS text) IS NULL THEN updated_at ELSE now() END
         WHERE id = CAST(:message_id AS uuid)
             AND (CAST(:status AS text) IS NOT NULL OR ses_message_id IS NULL)
-    )
+    ){events}
     INSERT INTO message_event (message_id, kind, detail, cause)
     SELECT CAST(:message_id AS uuid), kind, detail, :cause
     FROM unnest(CAST(:event_kinds AS text[]), CAST(:event_details AS text[]))
@@ -182,7 +183,21 @@ _WRITE_OUTCOME = NamedStatement.of(
     WHERE CAST(:message_id AS uuid) IS NOT NULL
     ORDER BY n
     """
+_WRITE_OUTCOME = NamedStatement.of(_WRITE_OUTCOME_SQL.format(events=""))
+# With TEGAMI_WEBHOOK_URL set: the app's events (email.bounced, recipient.suppressed, ...)
+# in the same statement.
+_WRITE_OUTCOME_WITH_EVENTS = NamedStatement.of(
+    _WRITE_OUTCOME_SQL.format(events="," + webhooks.FEEDBACK_EVENTS_CTE)
 )
+# The event the app hears of, by SES event.
+_WEBHOOK_TYPES: Final = {
+    EventKind.DELIVERY: EventType.EMAIL_DELIVERED,
+    EventKind.DELIVERY_DELAY: EventType.EMAIL_DELIVERY_DELAYED,
+    EventKind.BOUNCE: EventType.EMAIL_BOUNCED,
+    EventKind.COMPLAINT: EventType.EMAIL_COMPLAINED,
+    EventKind.REJECT: EventType.EMAIL_FAILED,
+    EventKind.RENDERING_FAILURE: EventType.EMAIL_FAILED,
+}
 
 
 def read_ses_event(message: str) -> SesEvent | None:
@@ -423,7 +438,30 @@ async def _write(
             )
     values = _outcome_values(event, decisions=decisions, message=found, cause=cause, now=now)
     if values is not None:
-        await connection.execute(_WRITE_OUTCOME.sql, *_WRITE_OUTCOME.args(values))
+        statement = _WRITE_OUTCOME
+        if webhooks.enabled():
+            statement = _WRITE_OUTCOME_WITH_EVENTS
+            values |= _webhook_values(event, target=target, suppress=values["suppress_hashes"])
+        await connection.execute(statement.sql, *statement.args(values))
+
+
+def _webhook_values(event: SesEvent, *, target: _Target, suppress: list[bytes]) -> dict[str, Any]:
+    """The parameters of ``webhooks.FEEDBACK_EVENTS_CTE``."""
+    kind = _WEBHOOK_TYPES.get(event.kind)
+    extra = {}
+    if event.kind is EventKind.BOUNCE:
+        extra = {
+            "ses_type": event.bounce_type,
+            "ses_subtype": event.bounce_subtype,
+            "diagnostic": event.detail,
+        }
+    elif event.kind is EventKind.COMPLAINT:
+        extra = {"ses_type": event.complaint_feedback_type}
+    return {
+        "webhook_type": kind.value if kind is not None else None,
+        "webhook_extra": json.dumps(extra),
+        "suppress_addresses": [target.addresses[h] for h in suppress],
+    }
 
 
 @dataclass(frozen=True)
