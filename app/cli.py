@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from app.config import DatabaseSettings, Settings, SettingsError, load_settings
 from app.emails.held import add_held_commands
 from app.ops.domain import add_domain_commands, run_domain_command
+from app.webhooks.commands import add_webhook_commands, run_webhook_command
 
 if TYPE_CHECKING:
     import httpx
@@ -343,12 +345,25 @@ def dev_environment(state_dir: Path, *, host: str, port: int) -> dict[str, str]:
     }
 
 
-def dev(*, host: str, port: int) -> None:
+def dev_webhook_secret(state_dir: Path) -> str:
+    """A Standard Webhooks secret for local runs, kept beside the other dev secrets."""
+    secret_file = state_dir / "webhook-secret"
+    if not secret_file.exists():
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        secret_file.write_text(f"whsec_{key}")
+        secret_file.chmod(0o600)
+    return secret_file.read_text().strip()
+
+
+def dev(*, host: str, port: int, webhook_url: str | None = None) -> None:
     # Explicit TEGAMI_* variables win over the development defaults.
     for key, value in dev_environment(Path(".tegami").resolve(), host=host, port=port).items():
         os.environ.setdefault(key, value)
     from app.db import migrate
 
+    if webhook_url is not None:
+        os.environ["TEGAMI_WEBHOOK_URL"] = webhook_url
+        os.environ.setdefault("TEGAMI_WEBHOOK_SECRET", dev_webhook_secret(Path(".tegami")))
     settings = _settings_or_exit()
     migrate(settings.database_url)
     key = dev_api_key(settings, Path(".tegami").resolve() / "dev-api-key")
@@ -358,7 +373,13 @@ def dev(*, host: str, port: int) -> None:
         f"  API key:  {key}\n"
         f"  mailbox:  {base}/dev/mailbox\n"
         f"  API docs: {base}/docs\n"
-        f"  try:      curl -X POST {base}/emails/verify-email -H 'Authorization: Bearer {key}' "
+        + (
+            f"  webhooks: {settings.webhook_url}\n"
+            f"            secret {settings.webhook_secret[0].get_secret_value()}\n"
+            if settings.webhook_url
+            else ""
+        )
+        + f"  try:      curl -X POST {base}/emails/verify-email -H 'Authorization: Bearer {key}' "
         "-H 'Content-Type: application/json' "
         """-d '{"to":"taro@example.com","params":{"verification_url":"https://proworks.jp/verify?t=1"}}'\n""",
         flush=True,
@@ -418,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--port", type=int, default=8000, help="port to listen on (default: 8000)"
         )
+    commands.choices["dev"].add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="post the events (signed, Standard Webhooks) to URL, e.g. http://127.0.0.1:9000/hook",
+    )
 
     commands.add_parser("worker", help="run the worker alone")
     commands.add_parser("migrate", help="bring the database schema up to date")
@@ -472,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_domain_commands(commands)
     add_held_commands(commands)
+    add_webhook_commands(commands)
 
     suppressions = commands.add_parser("suppressions", help="tegami's and SES's suppressions")
     suppressions_commands = suppressions.add_subparsers(dest="suppressions_command", required=True)
@@ -502,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "serve":
         serve(_settings_or_exit(), host=args.host, port=args.port)
     elif args.command == "dev":
-        dev(host=args.host, port=args.port)
+        dev(host=args.host, port=args.port, webhook_url=args.webhook_url)
     elif args.command == "worker":
         from app.ops.logging import configure_logging
 
@@ -518,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         migrate(url)
     elif args.command == "api-key":
         api_key(args)
+    elif args.command == "webhooks":
+        raise SystemExit(run_webhook_command(args))
     elif args.command == "domain":
         raise SystemExit(run_domain_command(args))
     elif args.command == "held":

@@ -6,6 +6,8 @@ AWS credentials, region and endpoints come from AWS's own variables.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -66,11 +68,22 @@ class Settings(DatabaseSettings):
     cloudwatch_emf: bool = False
     retention_days: int = Field(default=400, ge=1)
     run_worker: bool = True
+    # Events for the app (app/webhooks): none are recorded while no URL is set. The secret is
+    # a comma-separated list of `whsec_` + base64 keys: the first signs; during a rotation the
+    # app verifies with all of them.
+    webhook_url: str | None = None
+    webhook_secret: Annotated[list[SecretStr], NoDecode] = []
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=8, ge=1, le=100)
+    # The retry schedule's first step (the Standard Webhooks schedule starts at 5 s).
+    webhook_first_retry_seconds: float = Field(default=5.0, gt=0, le=300)
     # /docs, /redoc and /openapi.json; false serves none of them (the document stays in
     # openapi/openapi.json and `tegami openapi`).
     docs: bool = True
 
-    @field_validator("link_hosts", "sns_topic_arns", "unsubscribe_secret", mode="before")
+    @field_validator(
+        "link_hosts", "sns_topic_arns", "unsubscribe_secret", "webhook_secret", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -100,6 +113,30 @@ class Settings(DatabaseSettings):
             raise ValueError("must start with https:// (or http:// for local development)")
         return value.rstrip("/")
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for secret in value:
+            if not _is_webhook_secret(secret.get_secret_value()):
+                raise ValueError("each secret must be whsec_ followed by base64 (24 bytes or more)")
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_complete(self) -> Settings:
+        if self.webhook_url is None:
+            return self
+        if not self.webhook_secret:
+            raise ValueError("TEGAMI_WEBHOOK_SECRET is required when TEGAMI_WEBHOOK_URL is set")
+        scheme = "https://" if self.mail_backend is MailBackend.SES else ("https://", "http://")
+        if not self.webhook_url.startswith(scheme):
+            raise ValueError(
+                "TEGAMI_WEBHOOK_URL must start with https:// when TEGAMI_MAIL_BACKEND=ses "
+                "(events name addresses)"
+                if self.mail_backend is MailBackend.SES
+                else "TEGAMI_WEBHOOK_URL must start with https:// or http://"
+            )
+        return self
+
     @model_validator(mode="after")
     def _https_for_ses(self) -> Settings:
         # RFC 8058: the one-click List-Unsubscribe URI must be HTTPS, or mailbox providers
@@ -110,6 +147,16 @@ class Settings(DatabaseSettings):
                 "(RFC 8058 one-click unsubscribe links must be HTTPS)"
             )
         return self
+
+
+def _is_webhook_secret(value: str) -> bool:
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(key) >= 24
 
 
 def to_asyncpg_url(url: str) -> str:

@@ -33,6 +33,10 @@ from app.recipients.ses_list import SesSuppressionList
 from app.sns.router import router as sns_router
 from app.sns.signature import CertificateStore
 from app.unsubscribe.router import router as unsubscribe_router
+from app.webhooks import deliveries as webhook_deliveries
+from app.webhooks.dispatcher import WebhookDispatcher
+from app.webhooks.router import register_webhooks
+from app.webhooks.router import router as webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.outbox_wake = asyncio.Event()
+    # Chosen once: with no URL, no events are recorded and the hot statements skip them.
+    webhook_deliveries.enable(settings.webhook_url is not None)
     stopping = asyncio.Event()
     async with (
         httpx.AsyncClient(timeout=5.0, follow_redirects=False) as http,
@@ -84,6 +90,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             else []
         )
         tasks = [asyncio.create_task(loop) for loop in loops]
+        # Events for the app: their own task, so a slow endpoint never slows the worker.
+        if settings.webhook_url is not None and settings.run_worker:
+            dispatcher = WebhookDispatcher(engine=engine, settings=settings)
+            tasks.append(asyncio.create_task(dispatcher.run(stopping)))
         # What start-up built (botocore's service models, SQLAlchemy's metadata, the routes)
         # lives as long as the process: kept out of the cyclic GC, full collections no longer
         # walk it, which took a few percent of the send path's CPU.
@@ -122,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(status_router)
+    app.include_router(webhooks_router)
+    register_webhooks(app.webhooks)
     if settings is not None and settings.mail_backend == MailBackend.MAILBOX:
         app.include_router(dev_router)
     return app

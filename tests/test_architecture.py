@@ -27,6 +27,7 @@ OWNERS: dict[str, str] = {
     "audit_event": "app/recipients/service.py",
     "sns_message": "app/sns/service.py",
     "api_key": "app/api_keys.py",
+    "webhook_delivery": "app/webhooks/deliveries.py",
 }
 
 # Combined statements, each one round trip on a hot path, that write a table of another

@@ -13,7 +13,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
+from app.db import SessionDep
 from app.errors import NotFound
+from app.webhooks import deliveries
+from app.webhooks.events import webhook_id
 
 router = APIRouter(prefix="/dev", tags=["development"], include_in_schema=False)
 
@@ -54,7 +57,7 @@ def _mail(request: Request, name: str) -> tuple[Path, EmailMessage]:
 
 
 @router.get("/mailbox", response_class=HTMLResponse)
-async def mailbox(request: Request) -> HTMLResponse:
+async def mailbox(request: Request, session: SessionDep) -> HTMLResponse:
     rows = []
     directory = _mailbox(request)
     files = sorted(directory.glob("*.eml"), reverse=True) if directory.is_dir() else []
@@ -70,7 +73,30 @@ async def mailbox(request: Request) -> HTMLResponse:
         "tegami mailbox",
         "<h1>Mailbox</h1>"
         f"<p>{len(files)} mail(s) in {html.escape(str(directory))}</p>"
-        "<table><tr><th>Date</th><th>To</th><th>Subject</th></tr>" + "".join(rows) + "</table>",
+        "<table><tr><th>Date</th><th>To</th><th>Subject</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + await _webhook_events(request, session),
+    )
+
+
+async def _webhook_events(request: Request, session: SessionDep) -> str:
+    """The events posted to TEGAMI_WEBHOOK_URL (`tegami dev --webhook-url`), and how each went."""
+    url = request.app.state.settings.webhook_url
+    if url is None:
+        return "<h2>Webhooks</h2><p>Off: start with <code>tegami dev --webhook-url URL</code>.</p>"
+    rows = [
+        f"<tr><td>{html.escape(row.created_at.isoformat(timespec='seconds'))}</td>"
+        f"<td>{html.escape(row.type)}</td><td><code>{webhook_id(row.id)}</code></td>"
+        f"<td>{html.escape(row.status)}</td><td>{row.attempts}</td>"
+        f"<td>{html.escape(str(row.last_status or row.last_error or ''))}</td>"
+        f"<td><code>{html.escape(str(row.data))}</code></td></tr>"
+        for row in await deliveries.list_deliveries(session, status=None, limit=100)
+    ]
+    return (
+        f"<h2>Webhooks to {html.escape(url)}</h2>"
+        "<table><tr><th>Created</th><th>Type</th><th>webhook-id</th><th>Status</th>"
+        "<th>Attempts</th><th>Last answer</th><th>Data</th></tr>" + "".join(rows) + "</table>"
     )
 
 

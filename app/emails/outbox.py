@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.db import NamedStatement
 from app.models import PENDING_STATUSES, Category, Message, MessageEvent, MessageStatus
 from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
+from app.webhooks import deliveries as webhooks
 
 OUTBOX_CHANNEL = "tegami_outbox"
 # The NOTIFY payload: which process accepted the mail. That process's own worker was already
@@ -423,8 +424,7 @@ async def check_before_send(
 # transaction): at a hundred mails a second each batch is one mail, and SQLAlchemy's
 # transaction around two statements cost nearly as much CPU as the send. Fenced: a mail
 # whose claim another worker has taken since is left alone, and gets no event.
-_FINISH = NamedStatement.of(
-    """
+_FINISH_SQL = """
     WITH outcome AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
@@ -443,12 +443,20 @@ _FINISH = NamedStatement.of(
             updated_at = now()
         FROM outcome AS o
         WHERE m.id = o.id AND m.status = 'sending' AND m.attempts = o.attempt
-        RETURNING m.id
-    )
+        RETURNING m.id{returning}
+    ){events}
     INSERT INTO message_event (message_id, kind, detail, cause)
     SELECT o.id, o.kind, o.detail, 'worker' FROM outcome AS o JOIN finished USING (id)
     RETURNING message_id
     """
+_FINISH = NamedStatement.of(_FINISH_SQL.format(returning="", events=""))
+# With TEGAMI_WEBHOOK_URL set: the app's events (email.sent, ...) in the same statement.
+_FINISH_WITH_EVENTS = NamedStatement.of(
+    _FINISH_SQL.format(
+        returning=", m.kind, m.user_id, m.to_address, m.status",
+        # A constant of the webhooks module: no value is formatted in.
+        events=", emails_changed AS (SELECT * FROM finished)," + webhooks.EMAIL_EVENTS_CTE,  # noqa: S608
+    )
 )
 
 
@@ -480,7 +488,8 @@ async def finish(
         "kinds": [r.event for r in results],
         "details": [r.ses_message_id or r.detail for r in results],
     }
-    rows = await connection.fetch(_FINISH.sql, *_FINISH.args(values))
+    statement = _FINISH_WITH_EVENTS if webhooks.enabled() else _FINISH
+    rows = await connection.fetch(statement.sql, *statement.args(values))
     return {row["message_id"] for row in rows}
 
 

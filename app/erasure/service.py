@@ -23,5 +23,7 @@ async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cau
         )
     erased = forgotten.had_address or wiped
     if erased:
-        await recipients.record_erasure(session, address_hash=address_hash, cause=cause)
+        await recipients.record_erasure(
+            session, address_hash=address_hash, user_id=forgotten.user_id, cause=cause
+        )
     return erased

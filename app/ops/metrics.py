@@ -44,6 +44,11 @@ SES_CALL_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
 )
 SNS_MESSAGES = Counter("tegami_sns_messages", "SNS messages received, by outcome.", ["outcome"])
+WEBHOOK_DELIVERIES = Counter(
+    "tegami_webhook_deliveries",
+    "Webhook posts to the app, by event type and outcome (delivered, retrying, failed).",
+    ["type", "outcome"],
+)
 OUTBOX_DEPTH = Gauge("tegami_outbox_depth", "Mails waiting to be sent (queued, sending, held).")
 OUTBOX_OLDEST_AGE = Gauge(
     "tegami_outbox_oldest_age_seconds", "Age of the oldest mail waiting to be sent."

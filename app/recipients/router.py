@@ -13,8 +13,8 @@ from starlette.convertors import Convertor, register_url_convertor
 from app.api_keys import FORBIDDEN, AdminKeyDep, ApiKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.errors import NotFound
-from app.models import SuppressionReason
+from app.errors import NotFound, Unprocessable
+from app.models import Category, SuppressionReason
 from app.recipients import service
 from app.recipients.addresses import address_hash, check_address
 from app.recipients.schemas import (
@@ -125,6 +125,85 @@ async def suppress_recipient(
         detail=body.detail,
     )
     await session.commit()
+    return await _state(session, hashed)
+
+
+CategoryPath = Annotated[
+    Category,
+    Path(description="An optional category (`matching`); account mail cannot be opted out of."),
+]
+
+
+async def _opt_out_target(
+    request: Request, session: SessionDep, *, email: str, category: Category
+) -> bytes:
+    if not category.optional:
+        raise Unprocessable(
+            f"{category} mail is sent because the user asked for it: it cannot be opted out of",
+            code="category_not_optional",
+        )
+    return hash_of(request, email)
+
+
+OPT_OUT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **UNAUTHORIZED,
+    422: {
+        "description": "Not an email address, an unknown category, or an account category "
+        "(`category_not_optional`)."
+    },
+}
+
+
+@router.put(
+    "/{email:anytext}/opt-outs/{category}",
+    response_model=RecipientRead,
+    summary="Opt an address out of a category (the app's settings screen)",
+    description="Idempotent. Recorded in the audit trail with the API key's name, and told to "
+    "the app as `recipient.opted_out` (when it changed something).",
+    responses=OPT_OUT_RESPONSES,
+)
+async def put_opt_out(
+    email: EmailPath,
+    category: CategoryPath,
+    request: Request,
+    session: SessionDep,
+    caller: ApiKeyDep,
+) -> RecipientRead:
+    hashed = await _opt_out_target(request, session, email=email, category=category)
+    recipient_id = await service.ensure_recipient(
+        session, address=email, address_hash=hashed, user_id=None
+    )
+    await service.opt_out(session, recipient_id=recipient_id, category=category, cause=caller.cause)
+    await session.commit()
+    return await _state(session, hashed)
+
+
+@router.delete(
+    "/{email:anytext}/opt-outs/{category}",
+    response_model=RecipientRead,
+    summary="Lift an address's opt-out of a category (the app's settings screen)",
+    description="Idempotent: an address not opted out is left as it is. Recorded in the audit "
+    "trail with the API key's name, and told to the app as `recipient.opted_in` (when it "
+    "changed something).",
+    responses={
+        **OPT_OUT_RESPONSES,
+        404: {"description": "tegami holds nothing about the address (`recipient_not_found`)."},
+    },
+)
+async def delete_opt_out(
+    email: EmailPath,
+    category: CategoryPath,
+    request: Request,
+    session: SessionDep,
+    caller: ApiKeyDep,
+) -> RecipientRead:
+    hashed = await _opt_out_target(request, session, email=email, category=category)
+    recipient_id = await service.recipient_id(session, address_hash=hashed)
+    if recipient_id is not None:
+        await service.opt_in(
+            session, recipient_id=recipient_id, category=category, cause=caller.cause
+        )
+        await session.commit()
     return await _state(session, hashed)
 
 

@@ -30,6 +30,26 @@ from app.models import (
 )
 from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
 from app.recipients.rules import SOFT_BOUNCE_LIMIT, Decision
+from app.webhooks import deliveries as webhooks
+from app.webhooks.events import EventType, RecipientErasedData, RecipientEventData
+
+
+async def ensure_recipient(
+    session: AsyncSession, *, address: str, address_hash: bytes, user_id: str | None
+) -> int:
+    """The recipient's id, creating the row on first use (and restoring an erased address)."""
+    statement = insert(Recipient).values(
+        address_hash=address_hash, address=address, user_id=user_id
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[Recipient.address_hash],
+        set_={
+            "address": statement.excluded.address,
+            "user_id": func.coalesce(statement.excluded.user_id, Recipient.user_id),
+            "updated_at": func.now(),
+        },
+    )
+    return (await session.execute(statement.returning(Recipient.id))).scalar_one()
 
 
 async def record_audit(
@@ -47,6 +67,33 @@ async def record_audit(
             address_hash=address_hash, action=action, reason=reason, cause=cause, detail=detail
         )
     )
+
+
+async def _tell_app(
+    session: AsyncSession,
+    *,
+    type: EventType,
+    address_hash: bytes | None = None,
+    recipient_id: int | None = None,
+    reason: str | None = None,
+    category: str | None = None,
+) -> None:
+    """Record a recipient.* event for the app (app/webhooks), naming the address and user."""
+    if not webhooks.enabled():
+        return
+    where = (
+        Recipient.id == recipient_id
+        if recipient_id is not None
+        else Recipient.address_hash == address_hash
+    )
+    row = (await session.execute(select(Recipient.address, Recipient.user_id).where(where))).first()
+    data = RecipientEventData(
+        address=row.address if row is not None else None,
+        user_id=row.user_id if row is not None else None,
+        reason=reason,
+        category=category,
+    )
+    await webhooks.enqueue_in_session(session, type=type, data=data)
 
 
 async def suppress(
@@ -73,6 +120,9 @@ async def suppress(
             reason=reason,
             cause=cause,
             detail=detail,
+        )
+        await _tell_app(
+            session, type=EventType.RECIPIENT_SUPPRESSED, address_hash=address_hash, reason=reason
         )
     return created
 
@@ -131,6 +181,9 @@ async def lift_suppression(session: AsyncSession, *, address_hash: bytes, cause:
     await record_audit(
         session, address_hash=address_hash, action="suppression_lifted", reason=removed, cause=cause
     )
+    await _tell_app(
+        session, type=EventType.RECIPIENT_UNSUPPRESSED, address_hash=address_hash, reason=removed
+    )
     return True
 
 
@@ -154,7 +207,50 @@ async def opt_out(
         await record_audit(
             session, address_hash=hashed, action="opted_out", reason=category, cause=cause
         )
+        await _tell_app(
+            session,
+            type=EventType.RECIPIENT_OPTED_OUT,
+            recipient_id=recipient_id,
+            category=category,
+        )
     return created
+
+
+async def opt_in(
+    session: AsyncSession, *, recipient_id: int, category: Category, cause: str
+) -> bool:
+    """Lift the recipient's opt-out of ``category``. False when there was none."""
+    hashed = (
+        await session.execute(
+            delete(OptOut)
+            .where(
+                OptOut.recipient_id == recipient_id,
+                OptOut.category == category,
+                Recipient.id == OptOut.recipient_id,
+            )
+            .returning(Recipient.address_hash)
+        )
+    ).scalar_one_or_none()
+    if hashed is None:
+        return False
+    await record_audit(
+        session, address_hash=hashed, action="opted_in", reason=category, cause=cause
+    )
+    await _tell_app(
+        session, type=EventType.RECIPIENT_OPTED_IN, recipient_id=recipient_id, category=category
+    )
+    return True
+
+
+async def recipient_id(session: AsyncSession, *, address_hash: bytes) -> int | None:
+    """The recipient held for the address, if any (None also once erased)."""
+    return (
+        await session.execute(
+            select(Recipient.id).where(
+                Recipient.address_hash == address_hash, Recipient.address.is_not(None)
+            )
+        )
+    ).scalar_one_or_none()
 
 
 # -- the recipient API: read a recipient's whole state, erase personal data -----------------
@@ -223,7 +319,7 @@ async def forget_address(session: AsyncSession, *, address: str, address_hash: b
     """
     recipient = (
         await session.execute(
-            select(Recipient.id, Recipient.address)
+            select(Recipient.id, Recipient.address, Recipient.user_id)
             .where(Recipient.address_hash == address_hash)
             .with_for_update()
         )
@@ -244,6 +340,7 @@ async def forget_address(session: AsyncSession, *, address: str, address_hash: b
     return Forgotten(
         recipient_id=recipient.id if recipient is not None else None,
         had_address=recipient is not None and recipient.address is not None,
+        user_id=recipient.user_id if recipient is not None else None,
     )
 
 
@@ -251,10 +348,18 @@ async def forget_address(session: AsyncSession, *, address: str, address_hash: b
 class Forgotten:
     recipient_id: int | None  # None: tegami never had a recipient row for the address
     had_address: bool
+    user_id: str | None  # the app's id for the user, as it was: the app hears of the erasure
 
 
-async def record_erasure(session: AsyncSession, *, address_hash: bytes, cause: str) -> None:
+async def record_erasure(
+    session: AsyncSession, *, address_hash: bytes, user_id: str | None, cause: str
+) -> None:
+    """The audit line, and the app's `recipient.erased` (its user id, never the address)."""
     await record_audit(session, address_hash=address_hash, action="erased", cause=cause)
+    if webhooks.enabled():
+        await webhooks.enqueue_in_session(
+            session, type=EventType.RECIPIENT_ERASED, data=RecipientErasedData(user_id=user_id)
+        )
 
 
 # -- unsubscribe links --------------------------------------------------------------------

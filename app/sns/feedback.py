@@ -36,6 +36,8 @@ from app.recipients.addresses import address_hash, mask_address
 from app.sns import service as sns
 from app.sns.events import EventKind, SesEvent, SesEventError, parse_ses_event
 from app.sns.service import SnsOutcome
+from app.webhooks import deliveries as webhooks
+from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,20 @@ _STATE_CHANGING_TYPES: Final = frozenset(
     {"Bounce", "Complaint", "Delivery", "Reject", "Rendering Failure"}
 )
 
-# Everything an event changes, in one statement: each owner's part, composed.
-_WRITE = NamedStatement.of(
-    "WITH" + recipients.FEEDBACK_WRITES + "," + outbox.FEEDBACK_WRITES + "\nSELECT 1"
-)
+# Everything an event changes, in one statement: each owner's part, composed; with
+# TEGAMI_WEBHOOK_URL set, the app's events (email.bounced, recipient.suppressed, ...) too.
+_WRITES = "WITH" + recipients.FEEDBACK_WRITES + "," + outbox.FEEDBACK_WRITES
+_WRITE = NamedStatement.of(_WRITES + "\nSELECT 1")
+_WRITE_WITH_EVENTS = NamedStatement.of(_WRITES + "," + webhooks.FEEDBACK_EVENTS_CTE + "\nSELECT 1")
+# The event the app hears of, by SES event.
+_WEBHOOK_TYPES: Final = {
+    EventKind.DELIVERY: EventType.EMAIL_DELIVERED,
+    EventKind.DELIVERY_DELAY: EventType.EMAIL_DELIVERY_DELAYED,
+    EventKind.BOUNCE: EventType.EMAIL_BOUNCED,
+    EventKind.COMPLAINT: EventType.EMAIL_COMPLAINED,
+    EventKind.REJECT: EventType.EMAIL_FAILED,
+    EventKind.RENDERING_FAILURE: EventType.EMAIL_FAILED,
+}
 
 
 class UnreadableSesEvent(AppError):
@@ -236,8 +248,33 @@ async def _decide_and_write(
     )
     if target is None and not recipients.changes_anything(address_values):
         return
-    message_values = _message_values(event, decisions, target=target, now=feedback.now)
-    await connection.execute(_WRITE.sql, *_WRITE.args(address_values | message_values))
+    values = address_values | _message_values(event, decisions, target=target, now=feedback.now)
+    statement = _WRITE
+    if webhooks.enabled():
+        statement = _WRITE_WITH_EVENTS
+        values |= _webhook_values(event, feedback.addresses, values["suppress_hashes"])
+    await connection.execute(statement.sql, *statement.args(values))
+
+
+def _webhook_values(
+    event: SesEvent, addresses: Mapping[bytes, str], suppressed: list[bytes]
+) -> dict[str, Any]:
+    """The parameters of ``webhooks.FEEDBACK_EVENTS_CTE``."""
+    kind = _WEBHOOK_TYPES.get(event.kind)
+    extra: dict[str, str | None] = {}
+    if event.kind is EventKind.BOUNCE:
+        extra = {
+            "ses_type": event.bounce_type,
+            "ses_subtype": event.bounce_subtype,
+            "diagnostic": event.detail,
+        }
+    elif event.kind is EventKind.COMPLAINT:
+        extra = {"ses_type": event.complaint_feedback_type}
+    return {
+        "webhook_type": kind.value if kind is not None else None,
+        "webhook_extra": json.dumps(extra),
+        "suppress_addresses": [addresses[h] for h in suppressed],
+    }
 
 
 def _message_values(

@@ -41,6 +41,7 @@ _LAYOUT = Template(_load("_layout.html"))
 _CONFIRM = Template(_load("confirm.html"))
 _DONE = Template(_load("done.html"))
 _NOT_FOUND = Template(_load("not-found.html"))
+_RESUBSCRIBED = Template(_load("resubscribed.html"))
 _STYLE = _load("page.css").strip()
 
 # No scripts, no outside resources; the one style block is allowed by its hash, and the form
@@ -143,6 +144,7 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep) ->
             status=200,
             heading=f"{label}の配信はすでに停止しています",
             category_label=label,
+            token=token,
         )
     return _page(
         settings,
@@ -197,4 +199,45 @@ async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTML
         status=200,
         heading=f"{label}の配信を停止しました",
         category_label=label,
+        token=token,
+    )
+
+
+@router.post(
+    "/{token}/resubscribe",
+    response_class=HTMLResponse,
+    summary="Undo an opt-out (the done page's 「配信を再開する」 button)",
+    description="The same token as the unsubscribe link. Idempotent.",
+    responses={200: {"description": "Opted back in (now or before)."}, **HTML_404},
+)
+async def resubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
+    settings: Settings = request.app.state.settings
+    target = await _link_target(settings, session, token)
+    if target is None:
+        return _not_found(settings)
+    claim, category, _ = target
+    lifted = await recipients.opt_in(
+        session,
+        recipient_id=claim.recipient_id,
+        category=category,
+        cause=f"unsubscribe:{fingerprint(token)}",
+    )
+    await session.commit()
+    if lifted:
+        log.info(
+            "opted back in",
+            extra={
+                "event": "opted_in",
+                "recipient_id": claim.recipient_id,
+                "category": category.value,
+            },
+        )
+    label, _ = CATEGORY_LABELS[category]
+    return _page(
+        settings,
+        title="配信の再開",
+        content=_RESUBSCRIBED,
+        status=200,
+        category_label=label,
+        token=token,
     )

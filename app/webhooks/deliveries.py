@@ -1,0 +1,212 @@
+"""Every statement that writes ``webhook_delivery``: the events waiting for the app, and what
+became of each.
+
+Who asks what of it:
+- state changes record their event in their own transaction, so an event exists exactly when
+  its change committed: ``enqueue`` (an asyncpg connection inside the caller's transaction),
+  ``enqueue_in_session`` (the ORM session a router commits), and, where the owner's hot path
+  is one combined statement, a SQL fragment it composes in (``EMAIL_EVENTS_CTE`` for
+  ``outbox.finish``, ``FEEDBACK_EVENTS_CTE`` for SES feedback);
+- the delivery loop claims due events (``claim_due``) and records each attempt
+  (``record_attempt``), fenced by the attempt number like the outbox;
+- operators list them (``list_deliveries``) and send them again (``replay``).
+
+No URL set (``TEGAMI_WEBHOOK_URL``): ``enabled()`` is False, nothing is recorded, and the hot
+statements run their variants without the fragment.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.models import WebhookDelivery
+from app.webhooks.events import EventType
+
+_enabled = False
+
+
+def enable(on: bool) -> None:
+    """Set once at start-up from TEGAMI_WEBHOOK_URL (the statements are chosen by it)."""
+    global _enabled  # one switch per process, set by the lifespan
+    _enabled = on
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+# -- recording events --------------------------------------------------------------------
+
+# For ``outbox.finish``: composed after a CTE ``emails_changed`` that returns the changed
+# messages' own columns ``id, kind, user_id, to_address, status``. A retry (back to queued)
+# is not news to the app; the statuses below are.
+EMAIL_EVENTS_CTE = """
+    webhook_email_events AS (
+        INSERT INTO webhook_delivery (type, data)
+        SELECT 'email.' || c.status, jsonb_build_object('email_id', c.id, 'type', c.kind,
+            'user_id', c.user_id, 'address', c.to_address, 'status', c.status,
+            'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
+        FROM emails_changed AS c
+        WHERE c.status IN ('sent', 'failed', 'expired', 'held')
+    )"""
+
+# For SES feedback's outcome statement: composed after its CTEs ``suppressions``
+# (address_hash, reason) and ``suppressed`` (the address_hash of each suppression created),
+# with its parameters ``:message_id`` and ``:status`` (the message's new status, or NULL),
+# and these of its own: ``:webhook_type`` (the email event, or NULL), ``:webhook_extra``
+# (jsonb: SES's type, subtype and diagnostic), ``:suppress_addresses`` (beside
+# ``:suppress_hashes``). The message is read as the statement's snapshot saw it: its kind,
+# user and address do not change here.
+FEEDBACK_EVENTS_CTE = """
+    webhook_email_event AS (
+        INSERT INTO webhook_delivery (type, data)
+        SELECT CAST(:webhook_type AS text), jsonb_build_object('email_id', m.id,
+            'type', m.kind, 'user_id', m.user_id, 'address', m.to_address,
+            'status', COALESCE(CAST(:status AS text), m.status),
+            'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
+            || COALESCE(CAST(:webhook_extra AS jsonb), '{}'::jsonb)
+        FROM message AS m
+        WHERE m.id = CAST(:message_id AS uuid) AND CAST(:webhook_type AS text) IS NOT NULL
+    ),
+    webhook_suppressed_events AS (
+        INSERT INTO webhook_delivery (type, data)
+        SELECT 'recipient.suppressed', jsonb_build_object('address', a.address,
+            'user_id', r.user_id, 'reason', s.reason, 'category', NULL)
+        FROM unnest(CAST(:suppress_hashes AS bytea[]), CAST(:suppress_addresses AS text[]))
+            AS a(address_hash, address)
+        JOIN suppressed USING (address_hash)
+        JOIN suppressions AS s USING (address_hash)
+        LEFT JOIN recipient AS r USING (address_hash)
+    )"""
+
+_ENQUEUE = "INSERT INTO webhook_delivery (type, data) VALUES ($1, $2::jsonb)"
+
+
+def _data(data: BaseModel) -> dict[str, Any]:
+    dumped: dict[str, Any] = data.model_dump(mode="json")
+    return dumped
+
+
+async def enqueue(connection: asyncpg.Connection, *, type: EventType, data: BaseModel) -> None:
+    """Record an event inside the caller's transaction on asyncpg's connection."""
+    if _enabled:
+        await connection.execute(_ENQUEUE, type.value, json.dumps(_data(data)))
+
+
+async def enqueue_in_session(session: AsyncSession, *, type: EventType, data: BaseModel) -> None:
+    """Record an event in the ORM session; it is sent once the session commits."""
+    if _enabled:
+        await session.execute(insert(WebhookDelivery).values(type=type.value, data=_data(data)))
+
+
+# -- the delivery loop -------------------------------------------------------------------
+
+# Claimed by pushing the due time out by a lease (no lock is held across the HTTP call):
+# a replica that dies mid-post leaves the event due again when the lease runs out.
+_CLAIM = text(
+    """
+    UPDATE webhook_delivery AS w
+    SET attempts = w.attempts + 1,
+        next_attempt_at = now() + make_interval(secs => CAST(:lease AS float8))
+    FROM (
+        SELECT id FROM webhook_delivery
+        WHERE status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE w.id = due.id
+    RETURNING w.id, w.type, w.data, w.attempts, w.created_at
+    """
+)
+_RECORD = text(
+    """
+    UPDATE webhook_delivery SET status = :status, last_status = :last_status,
+        last_error = :last_error,
+        next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
+        delivered_at = CASE WHEN :status = 'delivered' THEN now() ELSE delivered_at END
+    WHERE id = :id AND attempts = :attempt AND status = 'pending'
+    """
+)
+
+
+@dataclass(frozen=True)
+class Due:
+    id: uuid.UUID
+    type: str
+    data: dict[str, Any]
+    attempt: int
+    created_at: datetime
+
+
+async def claim_due(connection: AsyncConnection, *, limit: int, lease: float) -> list[Due]:
+    rows = await connection.execute(_CLAIM, {"limit": limit, "lease": lease})
+    return [
+        Due(id=r.id, type=r.type, data=r.data, attempt=r.attempts, created_at=r.created_at)
+        for r in rows
+    ]
+
+
+async def record_attempt(
+    connection: AsyncConnection,
+    *,
+    due: Due,
+    status: DeliveryStatus,
+    last_status: int | None,
+    last_error: str | None,
+    next_attempt_at: datetime | None,
+) -> None:
+    await connection.execute(
+        _RECORD,
+        {
+            "id": due.id,
+            "attempt": due.attempt,
+            "status": status.value,
+            "last_status": last_status,
+            "last_error": last_error,
+            "next_attempt_at": next_attempt_at,
+        },
+    )
+
+
+# -- operators ---------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    session: AsyncSession, *, status: DeliveryStatus | None, limit: int
+) -> list[WebhookDelivery]:
+    query = select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status.value)
+    return list((await session.execute(query)).scalars())
+
+
+# Events already delivered or given up on start a new schedule (attempts from 0, the same
+# webhook-id); pending ones are on their way and are left alone.
+_REPLAY = text(
+    """
+    UPDATE webhook_delivery SET status = 'pending', attempts = 0, next_attempt_at = now(),
+        delivered_at = NULL
+    WHERE created_at >= :since AND status IN ('delivered', 'failed')
+    """
+)
+
+
+async def replay(connection: AsyncConnection, *, since: datetime) -> int:
+    return (await connection.execute(_REPLAY, {"since": since})).rowcount

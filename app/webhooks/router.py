@@ -1,0 +1,73 @@
+"""GET /webhooks/deliveries (admin), and the event list in the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from app.api_keys import FORBIDDEN, AdminKeyDep
+from app.db import SessionDep
+from app.models import WebhookDelivery
+from app.webhooks import deliveries
+from app.webhooks.deliveries import DeliveryStatus
+from app.webhooks.events import DESCRIPTIONS, EventType, model_for, webhook_id
+from app.webhooks.schemas import WebhookDeliveryList, WebhookDeliveryRead
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+def _read(row: WebhookDelivery) -> WebhookDeliveryRead:
+    pending = row.status == DeliveryStatus.PENDING
+    return WebhookDeliveryRead(
+        webhook_id=webhook_id(row.id),
+        type=row.type,
+        status=DeliveryStatus(row.status),
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if pending else None,
+        last_status=row.last_status,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
+        data=row.data,
+    )
+
+
+@router.get(
+    "/deliveries",
+    response_model=WebhookDeliveryList,
+    summary="The events posted (or to be posted) to TEGAMI_WEBHOOK_URL, newest first",
+    description="`status=failed`: the events the app never acknowledged within the retry "
+    "schedule; `tegami webhooks replay --since TIME` sends them again. Needs an admin key.",
+    responses={401: {"description": "No or unknown API key."}, **FORBIDDEN},
+)
+async def list_deliveries(
+    session: SessionDep,
+    caller: AdminKeyDep,
+    status: DeliveryStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> WebhookDeliveryList:
+    rows = await deliveries.list_deliveries(session, status=status, limit=limit)
+    return WebhookDeliveryList(deliveries=[_read(row) for row in rows])
+
+
+def register_webhooks(webhooks: APIRouter) -> None:
+    """Each event as an OpenAPI 3.1 webhook: what tegami posts to the app."""
+    for event_type in EventType:
+        model = model_for(event_type)
+
+        async def receive(event: Any) -> None:
+            """Documentation only: the app serves this."""
+
+        # Set as objects: this module's annotations are strings, and the model is local.
+        receive.__annotations__ = {"event": Annotated[model, Body()], "return": None}
+
+        webhooks.post(
+            event_type.value,
+            summary=event_type.value,
+            description=DESCRIPTIONS[event_type]
+            + " Signed as the Standard Webhooks specification says (headers `webhook-id`, "
+            "`webhook-timestamp`, `webhook-signature`). Answer 2xx within 10 s; anything else "
+            "is retried, with the same `webhook-id`, for more than a day.",
+            operation_id=f"webhook_{event_type.value.replace('.', '_')}",
+        )(receive)
