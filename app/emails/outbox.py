@@ -652,9 +652,10 @@ async def erase_mail(session: AsyncSession, *, recipient_id: int, address: str, 
             .returning(Message.id)
         )
     ).scalars()
+    stopped_ids = list(stopped)
     session.add_all(
         MessageEvent(message_id=message_id, kind="blocked", detail=ERASED, cause=cause)
-        for message_id in stopped
+        for message_id in stopped_ids
     )
     personal = or_(
         Message.to_address.is_not(None), Message.params.is_not(None), Message.user_id.is_not(None)
@@ -665,6 +666,8 @@ async def erase_mail(session: AsyncSession, *, recipient_id: int, address: str, 
         # null(): a bare None would be stored as the JSON value null, not SQL NULL.
         .values(to_address=None, params=null(), user_id=None, updated_at=func.now())
     )
+    # email.failed, once the address is gone: the app learns which of its mails will not go.
+    await webhooks.enqueue_email_events(session, message_ids=stopped_ids)
     pattern = quoted_address_pattern(address)
     await session.execute(
         update(Message)
@@ -700,11 +703,23 @@ _EVENT_COLUMNS = ("message_id", "kind", "detail", "cause")
 
 
 def _with_history(changed: Any, *, kind: str, detail: str, cause: str) -> Any:
-    """INSERT the history line of each message ``changed`` (an UPDATE … RETURNING id)."""
+    """INSERT the history line of each message ``changed`` (an UPDATE … RETURNING id),
+    returning the messages' ids."""
     rows = changed.cte(kind)
-    return insert(MessageEvent).from_select(
-        _EVENT_COLUMNS, select(rows.c.id, literal(kind), literal(detail), literal(cause))
+    return (
+        insert(MessageEvent)
+        .from_select(
+            _EVENT_COLUMNS, select(rows.c.id, literal(kind), literal(detail), literal(cause))
+        )
+        .returning(MessageEvent.message_id)
     )
+
+
+async def _changed_with_history(
+    connection: AsyncConnection, changed: Any, *, kind: str, detail: str, cause: str
+) -> list[uuid.UUID]:
+    statement = _with_history(changed, kind=kind, detail=detail, cause=cause)
+    return list((await connection.execute(statement)).scalars())
 
 
 async def hold_optional(connection: AsyncConnection, *, categories: Iterable[Category]) -> int:
@@ -714,8 +729,11 @@ async def hold_optional(connection: AsyncConnection, *, categories: Iterable[Cat
         .values(status=MessageStatus.HELD, updated_at=func.now())
         .returning(Message.id)
     )
-    statement = _with_history(held, kind="held", detail=_HELD_DETAIL, cause="reputation_guard")
-    return (await connection.execute(statement)).rowcount
+    ids = await _changed_with_history(
+        connection, held, kind="held", detail=_HELD_DETAIL, cause="reputation_guard"
+    )
+    await webhooks.enqueue_email_events(connection, message_ids=ids)  # email.held
+    return len(ids)
 
 
 async def release_held(
@@ -733,8 +751,10 @@ async def release_held(
         .returning(Message.id)
     )
     detail = _RELEASED_DETAIL if cause == "reputation_guard" else "released by an operator"
-    statement = _with_history(released, kind="released", detail=detail, cause=cause)
-    return (await connection.execute(statement)).rowcount
+    ids = await _changed_with_history(
+        connection, released, kind="released", detail=detail, cause=cause
+    )
+    return len(ids)
 
 
 async def discard_held(
@@ -753,10 +773,11 @@ async def discard_held(
         )
         .returning(Message.id)
     )
-    statement = _with_history(
-        discarded, kind="discarded", detail="discarded by an operator", cause=cause
+    ids = await _changed_with_history(
+        connection, discarded, kind="discarded", detail="discarded by an operator", cause=cause
     )
-    return (await connection.execute(statement)).rowcount
+    await webhooks.enqueue_email_events(connection, message_ids=ids)  # email.failed
+    return len(ids)
 
 
 @dataclass(frozen=True)

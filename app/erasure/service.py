@@ -7,6 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.emails import outbox
 from app.recipients import service as recipients
+from app.recipients.addresses import quoted_address_pattern
+from app.webhooks import deliveries as webhooks
 
 
 async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cause: str) -> bool:
@@ -21,6 +23,7 @@ async def erase(session: AsyncSession, *, address: str, address_hash: bytes, cau
         wiped = await outbox.erase_mail(
             session, recipient_id=forgotten.recipient_id, address=address, cause=cause
         )
+    await webhooks.forget_address(session, pattern=quoted_address_pattern(address))
     erased = forgotten.had_address or wiped
     if erased:
         await recipients.record_erasure(

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.emails import outbox
 from app.sns import service as sns_service
+from app.webhooks import deliveries as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ async def purge(engine: AsyncEngine, *, retention_days: int) -> Purged:
     async with engine.begin() as conn:
         params = await outbox.drop_spent_params(conn)
         sns = await sns_service.forget_old_message_ids(conn)
+        await webhooks.delete_old(conn, days=retention_days)
     messages = 0
     # Old mail in batches, each its own transaction, so a large backlog never holds locks long.
     while True:

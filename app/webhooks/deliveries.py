@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
-from sqlalchemy import insert, select, text
+from sqlalchemy import cast, delete, func, insert, literal, null, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.models import WebhookDelivery
+from app.db import NamedStatement
+from app.models import Message, WebhookDelivery
 from app.webhooks.events import EventType
 
 _enabled = False
@@ -95,7 +98,9 @@ FEEDBACK_EVENTS_CTE = """
         LEFT JOIN recipient AS r USING (address_hash)
     )"""
 
-_ENQUEUE = "INSERT INTO webhook_delivery (type, data) VALUES ($1, $2::jsonb)"
+_ENQUEUE = NamedStatement.of(
+    "INSERT INTO webhook_delivery (type, data) VALUES (:type, CAST(:data AS jsonb))"
+)
 
 
 def _data(data: BaseModel) -> dict[str, Any]:
@@ -106,7 +111,24 @@ def _data(data: BaseModel) -> dict[str, Any]:
 async def enqueue(connection: asyncpg.Connection, *, type: EventType, data: BaseModel) -> None:
     """Record an event inside the caller's transaction on asyncpg's connection."""
     if _enabled:
-        await connection.execute(_ENQUEUE, type.value, json.dumps(_data(data)))
+        await connection.execute(_ENQUEUE.sql, type.value, json.dumps(_data(data)))
+
+
+async def enqueue_email_events(
+    executor: AsyncConnection | AsyncSession, *, message_ids: Sequence[uuid.UUID]
+) -> None:
+    """Record `email.<status>` for each of these messages as they now stand (a bulk change:
+    the reputation guard holding mail, an operator discarding it, an erasure failing it), in
+    the caller's transaction."""
+    if not _enabled or not message_ids:
+        return
+    data = func.jsonb_build_object(
+        "email_id", Message.id, "type", Message.kind, "user_id", Message.user_id,
+        "address", Message.to_address, "status", Message.status,
+        "ses_type", null(), "ses_subtype", null(), "diagnostic", null(),
+    )  # fmt: skip
+    events = select(literal("email.") + Message.status, data).where(Message.id.in_(message_ids))
+    await executor.execute(insert(WebhookDelivery).from_select(["type", "data"], events))
 
 
 async def enqueue_in_session(session: AsyncSession, *, type: EventType, data: BaseModel) -> None:
@@ -119,31 +141,6 @@ async def enqueue_in_session(session: AsyncSession, *, type: EventType, data: Ba
 
 # Claimed by pushing the due time out by a lease (no lock is held across the HTTP call):
 # a replica that dies mid-post leaves the event due again when the lease runs out.
-_CLAIM = text(
-    """
-    UPDATE webhook_delivery AS w
-    SET attempts = w.attempts + 1,
-        next_attempt_at = now() + make_interval(secs => CAST(:lease AS float8))
-    FROM (
-        SELECT id FROM webhook_delivery
-        WHERE status = 'pending' AND next_attempt_at <= now()
-        ORDER BY next_attempt_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ) AS due
-    WHERE w.id = due.id
-    RETURNING w.id, w.type, w.data, w.attempts, w.created_at
-    """
-)
-_RECORD = text(
-    """
-    UPDATE webhook_delivery SET status = :status, last_status = :last_status,
-        last_error = :last_error,
-        next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-        delivered_at = CASE WHEN :status = 'delivered' THEN now() ELSE delivered_at END
-    WHERE id = :id AND attempts = :attempt AND status = 'pending'
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,33 @@ class Due:
 
 
 async def claim_due(connection: AsyncConnection, *, limit: int, lease: float) -> list[Due]:
-    rows = await connection.execute(_CLAIM, {"limit": limit, "lease": lease})
+    due = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.next_attempt_at <= func.now(),
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .subquery()
+    )
+    claimed = (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == due.c.id)
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            next_attempt_at=func.now() + timedelta(seconds=lease),
+        )
+        .returning(
+            WebhookDelivery.id,
+            WebhookDelivery.type,
+            WebhookDelivery.data,
+            WebhookDelivery.attempts,
+            WebhookDelivery.created_at,
+        )
+    )
+    rows = await connection.execute(claimed)
     return [
         Due(id=r.id, type=r.type, data=r.data, attempt=r.attempts, created_at=r.created_at)
         for r in rows
@@ -172,16 +195,24 @@ async def record_attempt(
     last_error: str | None,
     next_attempt_at: datetime | None,
 ) -> None:
+    """Fenced by the attempt: a replica whose lease ran out changes nothing."""
+    values: dict[str, Any] = {
+        "status": status.value,
+        "last_status": last_status,
+        "last_error": last_error,
+    }
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    if status is DeliveryStatus.DELIVERED:
+        values["delivered_at"] = func.now()
     await connection.execute(
-        _RECORD,
-        {
-            "id": due.id,
-            "attempt": due.attempt,
-            "status": status.value,
-            "last_status": last_status,
-            "last_error": last_error,
-            "next_attempt_at": next_attempt_at,
-        },
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == due.id,
+            WebhookDelivery.attempts == due.attempt,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+        )
+        .values(**values)
     )
 
 
@@ -199,14 +230,37 @@ async def list_deliveries(
 
 # Events already delivered or given up on start a new schedule (attempts from 0, the same
 # webhook-id); pending ones are on their way and are left alone.
-_REPLAY = text(
-    """
-    UPDATE webhook_delivery SET status = 'pending', attempts = 0, next_attempt_at = now(),
-        delivered_at = NULL
-    WHERE created_at >= :since AND status IN ('delivered', 'failed')
-    """
-)
-
-
 async def replay(connection: AsyncConnection, *, since: datetime) -> int:
-    return (await connection.execute(_REPLAY, {"since": since})).rowcount
+    statement = (
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.created_at >= since,
+            WebhookDelivery.status.in_((DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)),
+        )
+        .values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=func.now(),
+                delivered_at=None)
+    )  # fmt: skip
+    return (await connection.execute(statement)).rowcount
+
+
+# -- keeping only what must be kept -------------------------------------------------------
+
+
+async def forget_address(executor: AsyncConnection | AsyncSession, *, pattern: str) -> None:
+    """An erased address leaves the events too (their `address` becomes null); ``pattern``
+    is app.recipients.addresses.quoted_address_pattern's."""
+    quoted = WebhookDelivery.data["address"].astext.regexp_match(pattern, "i")
+    await executor.execute(
+        update(WebhookDelivery)
+        .where(quoted)
+        .values(data=WebhookDelivery.data.op("||")(cast(literal('{"address": null}'), JSONB)))
+    )
+
+
+async def delete_old(connection: AsyncConnection, *, days: int) -> int:
+    """Events delivered or given up on, older than the retention period."""
+    old = (
+        WebhookDelivery.created_at < func.now() - timedelta(days=days),
+        WebhookDelivery.status != DeliveryStatus.PENDING,
+    )
+    return (await connection.execute(delete(WebhookDelivery).where(*old))).rowcount

@@ -392,3 +392,42 @@ async def test_undo_button_on_the_done_page_opts_back_in(
     assert opted_in[0]["data"]["address"] == address
     assert opted_in[0]["data"]["category"] == "matching"
     assert receiver.of_type("recipient.opted_out")
+
+
+async def test_held_and_erased_mail_tell_the_app_and_an_erasure_leaves_no_address_behind(
+    start: Any, receiver: Receiver, auth: dict[str, str], engine: AsyncEngine
+) -> None:
+    from sqlalchemy import select
+
+    from app.db import driver_connection
+    from app.emails import outbox
+    from app.models import OPTIONAL_CATEGORIES, WebhookDelivery
+
+    client = await start(receiver.url)
+    await send_mail(client, auth, "hanako@example.com")  # email.sent, naming the address
+    # A matching notification the reputation guard holds; sending is paused meanwhile, so the
+    # worker does not take it first.
+    async with driver_connection(engine) as conn:
+        await outbox.pause_sending(conn, reason="test: hold first", probe=3600)
+    held = await client.post(
+        "/emails/matching-notification",
+        json={"to": "jiro@example.com", "params": PARAMS["matching-notification"]},
+        headers=auth,
+    )
+    async with engine.begin() as conn:
+        await outbox.hold_optional(conn, categories=OPTIONAL_CATEGORIES)
+    held_events = await eventually(lambda: _async(receiver.of_type("email.held")))
+    assert held_events[0]["data"]["email_id"] == held.json()["id"]
+
+    erased = await client.delete("/recipients/jiro@example.com", headers=auth)
+    assert erased.status_code == 200, erased.text
+    gone = await eventually(lambda: _async(receiver.of_type("recipient.erased")))
+    assert gone[0]["data"] == {"user_id": None, "erased": True}
+    await client.delete("/recipients/hanako@example.com", headers=auth)
+
+    async def no_address_kept() -> bool:
+        async with engine.connect() as conn:
+            kept = (await conn.execute(select(WebhookDelivery.data))).scalars().all()
+        return all(data.get("address") is None for data in kept) and len(kept) >= 4
+
+    await eventually(no_address_kept)
