@@ -176,7 +176,16 @@ class Worker:
             horizon = loop.time() + CHECK_GROUP_SECONDS
             group = [slot for slot in slots if slot[0] <= horizon]
             slots = slots[len(group) :]
-            standings = await self._check([mail for _, mail in group])
+            try:
+                standings = await self._check([mail for _, mail in group])
+            except Exception as exc:
+                # Unchecked mail is not sent: its lease runs out and a worker claims it again.
+                # The sends already made are still recorded below.
+                log.warning(
+                    "pre-send check failed; those mails wait for their lease",
+                    extra={"event": "check_failed", "error": repr(exc), "mails": len(group)},
+                )
+                continue
             now = datetime.now(UTC)
             for when, mail in group:
                 standing = standings.get(mail.id)
