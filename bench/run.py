@@ -27,6 +27,7 @@ import platform
 import random
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -1586,7 +1587,7 @@ def figure_rows(results: dict[str, Any], profile: Profile) -> list[Row]:
                 meanwhile.median,
             )
         )
-        rows.append(count_row("6", "throttled by SES, while the resets went out", priority))
+        rows.append(count_row("6", "throttled by SES (MaxSendRate 14), whole run", priority))
     replicas = results.get("replicas")
     if replicas and replicas["twice"].values:
         fixed = f"{REPLICAS} `tegami worker`, {profile.replicas_messages} queued"
@@ -1897,6 +1898,8 @@ def main() -> None:
             parser.error("--baseline is this checkout; give an older one")
         baseline = Version("before", root, f"{DB_NAME}_base")
         versions.append(baseline)
+    if shutil.which("wrk") is None:  # the load generators' ceiling uses it, every run
+        parser.error("wrk not found: install it (Debian: apt-get install wrk)")
     output = args.output or BENCH / "README.md"
     started = time.monotonic()
     logs = Path(tempfile.mkdtemp(prefix="tegami-bench-"))
