@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -1282,7 +1283,8 @@ def bench_replicas(profile: Profile, logs: Path, first: int = 0) -> dict[str, An
 
                 wait_for(quiet, timeout=60, every=0.5)
                 stats = fake("/_bench/stats")
-                arrived = fake("/_bench/arrivals")["arrivals"]
+                answer = fake("/_bench/arrivals")
+                arrived = answer["arrivals"]
             finally:
                 for worker in workers:
                     worker.stop()
@@ -1304,6 +1306,11 @@ def bench_replicas(profile: Profile, logs: Path, first: int = 0) -> dict[str, An
                 "throttled": stats["throttled"],
                 "failed": stats["failed"],
                 "per_second": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0,
+                "closest_arrivals_s": min(
+                    (b - a for a, b in itertools.pairwise(times)), default=None
+                ),
+                # When SES said 429, in seconds after the first send that got through.
+                "throttled_after_s": [round(t - times[0], 2) for t in answer["throttled_at"]],
                 "claims_lost": logs_text.count("email_claim_lost"),
                 "statuses": {
                     r["status"]: r["count"]
