@@ -1,14 +1,22 @@
 """Run every benchmark, several times each, and write bench/README.md.
 
-    .venv/bin/python bench/run.py            # the full set (about 20 minutes)
-    .venv/bin/python bench/run.py --quick    # a small version (a few minutes)
+    .venv/bin/python bench/run.py            # the full set (about 40 minutes)
+    .venv/bin/python bench/run.py --quick    # a small version (about 10 minutes)
     .venv/bin/python bench/run.py --only accept,sns --output /tmp/partial.md
+    .venv/bin/python bench/run.py --only priority,replicas --baseline ../tegami-old --runs 2
+
+Figures (``--only``): accept, latency, drain, rate, sns, priority (password resets behind a
+matching backlog at 14/s), replicas (four workers at 1/s: mails sent twice). ``--baseline DIR``
+also measures the checkout in DIR (a ``git worktree`` of an older commit, run from this
+virtual environment with ``PYTHONPATH=DIR``, in its own database ``tegami_bench_base``), in
+turns with this one, and reports it as "before" beside "now".
 
 Run it with the Python of tegami's virtual environment (it imports the app to shape rows and
 sign SNS messages, and starts ``tegami`` from the same environment). Needs ``wrk`` (Debian
 package) and a PostgreSQL where it may create and drop its own database ``tegami_bench``
-(``BENCH_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``). Only loopback
-traffic; ports 18101-18103 and 19101.
+(``BENCH_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``; and
+``tegami_bench_base`` with ``--baseline``). Only loopback traffic; ports 18101-18103 and
+19101.
 
 Each figure is reported beside its ceiling, measured in the same run on the same machine: a
 bare FastAPI + asyncpg endpoint (bench/ceiling.py) for the HTTP paths, a bare aiohttp sender
