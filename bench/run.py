@@ -1673,7 +1673,9 @@ def figure_table(results: dict[str, Any], profile: Profile) -> list[str]:
                 for r in rows
             ],
         ]
-    before = {(r.number, r.figure): r for r in figure_rows(results["before"], profile)}
+    # A figure whose every run failed on the older code has only its details (the errors).
+    ran = {name: found for name, found in results["before"].items() if set(found) - {"details"}}
+    before = {(r.number, r.figure): r for r in figure_rows(ran, profile)}
     lines = [
         "| # | figure | target | now | before | now vs before | ceiling | ratio | |",
         "|---|---|---|---|---|---|---|---|---|",
