@@ -13,8 +13,8 @@ also answer late (``--latency-ms``), fail a fraction of sends with 500 ``Interna
 throttle a fraction at random.
 
 Every accepted send is recorded: arrival time (``time.time()``), the ``tegami_id`` EmailTag
-and the To address. The bench reads and resets them over HTTP:
-``GET /_bench/stats``, ``GET /_bench/arrivals`` (JSON lines), ``POST /_bench/reset``,
+and the To address; so is the time of each 429 for the rate. The bench reads and resets them
+over HTTP: ``GET /_bench/stats``, ``GET /_bench/arrivals``, ``POST /_bench/reset``,
 ``POST /_bench/config`` (a JSON object with any of rate, burst, latency_ms, error_rate,
 throttle_rate).
 
@@ -46,6 +46,7 @@ class FakeSes:
     tokens: float = 0.0
     refilled_at: float = field(default_factory=time.monotonic)
     arrivals: list[tuple[float, str, str]] = field(default_factory=list)
+    throttled_at: list[float] = field(default_factory=list)  # time.time() of each 429
     sent: int = 0
     throttled: int = 0
     failed: int = 0
@@ -65,6 +66,7 @@ class FakeSes:
 
     def reset(self) -> None:
         self.arrivals = []
+        self.throttled_at = []
         self.sent = self.throttled = self.failed = self.malformed = self.requests = 0
         self.connections = 0
         self.tokens = self.burst
@@ -117,6 +119,7 @@ class FakeSes:
             return 429, {"message": "Maximum sending rate exceeded."}, "TooManyRequestsException"
         if not self.take_token():
             self.throttled += 1
+            self.throttled_at.append(arrived)
             return 429, {"message": "Maximum sending rate exceeded."}, "TooManyRequestsException"
         if self.error_rate and random.random() < self.error_rate:  # noqa: S311
             self.failed += 1
@@ -234,7 +237,7 @@ class _Connection(asyncio.Protocol):
             ses.configure(json.loads(body or b"{}"))
             return 200, ses.stats(), None
         if method == b"GET" and path == b"/_bench/arrivals":
-            return 200, {"arrivals": ses.arrivals}, None
+            return 200, {"arrivals": ses.arrivals, "throttled_at": ses.throttled_at}, None
         return 404, {"message": "not found"}, "NotFoundException"
 
 

@@ -1,14 +1,22 @@
 """Run every benchmark, several times each, and write bench/README.md.
 
-    .venv/bin/python bench/run.py            # the full set (about 20 minutes)
-    .venv/bin/python bench/run.py --quick    # a small version (a few minutes)
+    .venv/bin/python bench/run.py            # the full set (about 40 minutes)
+    .venv/bin/python bench/run.py --quick    # a small version (about 10 minutes)
     .venv/bin/python bench/run.py --only accept,sns --output /tmp/partial.md
+    .venv/bin/python bench/run.py --only priority,replicas --baseline ../tegami-old --runs 2
+
+Figures (``--only``): accept, latency, drain, rate, sns, priority (password resets behind a
+matching backlog at 14/s), replicas (four workers at 1/s: mails sent twice). ``--baseline DIR``
+also measures the checkout in DIR (a ``git worktree`` of an older commit, run from this
+virtual environment with ``PYTHONPATH=DIR``, in its own database ``tegami_bench_base``), in
+turns with this one, and reports it as "before" beside "now".
 
 Run it with the Python of tegami's virtual environment (it imports the app to shape rows and
 sign SNS messages, and starts ``tegami`` from the same environment). Needs ``wrk`` (Debian
 package) and a PostgreSQL where it may create and drop its own database ``tegami_bench``
-(``BENCH_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``). Only loopback
-traffic; ports 18101-18103 and 19101.
+(``BENCH_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``; and
+``tegami_bench_base`` with ``--baseline``). Only loopback traffic; ports 18101-18103 and
+19101.
 
 Each figure is reported beside its ceiling, measured in the same run on the same machine: a
 bare FastAPI + asyncpg endpoint (bench/ceiling.py) for the HTTP paths, a bare aiohttp sender
@@ -20,12 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
+import math
 import os
 import platform
 import random
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -51,7 +62,6 @@ PYTHON = sys.executable
 TEGAMI = str(Path(sys.executable).parent / "tegami")
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "tegami_bench"
-DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
 FAKE_PORT, TEGAMI_PORT, CEILING_PORT = 19101, 18101, 18102
 FAKE_URL = f"http://127.0.0.1:{FAKE_PORT}"
 ADDRESS_SECRET = "bench-address-hash-secret-0123456789"  # noqa: S105 (bench only)
@@ -59,6 +69,51 @@ UNSUBSCRIBE_SECRET = "bench-unsubscribe-secret-0123456789"  # noqa: S105
 TOPIC_ARN = "arn:aws:sns:ap-northeast-1:123456789012:tegami-ses-events"
 CONCURRENCY = 20  # connections for the throughput tests
 SEND_CONCURRENCY = 128  # TEGAMI_SEND_CONCURRENCY for the drain: rate x SES latency in flight
+REPLICAS = 4  # tegami worker processes in the duplicates figure
+REPLICAS_LEASE_SECONDS = 10  # TEGAMI_SEND_LEASE_SECONDS there: the backlog outlasts it
+MATCHING_BACKLOG = 5_000  # matching notifications queued ahead of the password resets
+RESET_WAIT_SECONDS = 10.0  # how long after the last reset the bench waits for stragglers
+
+# The bench's own imports of ``app`` (rows, SNS signing) are this checkout's.
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Version:
+    """A checkout of tegami the bench runs: its own database, API key and processes (started
+    in its directory with ``PYTHONPATH`` set to it, from the same virtual environment)."""
+
+    label: str  # "now" or "before"
+    root: Path
+    db_name: str
+    key_id: int = 0
+    api_key: str = ""
+
+    @property
+    def db_url(self) -> str:
+        return ADMIN_URL.rsplit("/", 1)[0] + "/" + self.db_name
+
+    def commit(self) -> str:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+        ).stdout.strip()
+
+
+NOW = Version("now", ROOT, DB_NAME)
+ACTIVE = NOW  # the version being measured; set by ``measuring``
+
+
+@contextmanager
+def measuring(version: Version) -> Iterator[None]:
+    global ACTIVE  # one version at a time, set and put back here only
+    previous, ACTIVE = ACTIVE, version
+    try:
+        yield
+    finally:
+        ACTIVE = previous
 
 
 @dataclass(frozen=True)
@@ -70,6 +125,8 @@ class Profile:
     rate_seconds: int
     sns_seconds: int
     sns_events: int
+    priority_seconds: int  # password resets at 1/s behind the matching backlog
+    replicas_messages: int  # backlog at 1/s for the replicas: outlasts every lease in play
 
 
 FULL = Profile(
@@ -80,6 +137,10 @@ FULL = Profile(
     rate_seconds=60,
     sns_seconds=8,
     sns_events=24_000,
+    priority_seconds=60,
+    # 75 s at 1/s: longer than the 10-s lease set here, and than the fixed 60-s lease of code
+    # from before the setting (a --baseline), so both can show what happens when it runs out.
+    replicas_messages=75,
 )
 QUICK = Profile(
     runs=2,
@@ -89,6 +150,8 @@ QUICK = Profile(
     rate_seconds=20,
     sns_seconds=4,
     sns_events=10_000,
+    priority_seconds=20,
+    replicas_messages=30,
 )
 
 
@@ -104,14 +167,21 @@ class Proc:
 
     started: ClassVar[list[Proc]] = []
 
-    def __init__(self, name: str, cmd: Sequence[str], env: dict[str, str], logs: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: dict[str, str],
+        logs: Path,
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.log_path = logs / f"{name}-{int(time.time() * 1000)}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(  # noqa: S603 (our own commands)
             list(cmd),
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -197,7 +267,9 @@ def _all_cpu() -> dict[int, tuple[str, float]]:
         pid = int(entry.name)
         if pid in mine or cmdline.startswith("wrk ") or "bench/loadgen.py" in cmdline:
             group = "bench"
-        elif cmdline.startswith("postgres:") and f" {DB_NAME} " in cmdline:
+        elif cmdline.startswith("postgres:") and any(
+            f" {name} " in cmdline for name in (DB_NAME, f"{DB_NAME}_base")
+        ):
             group = "postgres_bench"
         elif cmdline.startswith("postgres") or "/postgres" in cmdline.split(" ")[0]:
             group = "postgres_shared"
@@ -280,13 +352,15 @@ class RssSampler:
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEGAMI_", "AWS_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT)  # the bench's helpers (ceiling, loadgen) use this checkout
     return env
 
 
 def tegami_env(**extra: str) -> dict[str, str]:
     env = base_env()
     env.update(
-        TEGAMI_DATABASE_URL=DB_URL,
+        PYTHONPATH=str(ACTIVE.root),
+        TEGAMI_DATABASE_URL=ACTIVE.db_url,
         TEGAMI_PUBLIC_BASE_URL="https://mail.proworks.jp",
         TEGAMI_UNSUBSCRIBE_SECRET=UNSUBSCRIBE_SECRET,
         TEGAMI_ADDRESS_HASH_SECRET=ADDRESS_SECRET,
@@ -303,9 +377,9 @@ def tegami_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def db(coro_fn: Callable[[asyncpg.Connection], Any], url: str = DB_URL) -> Any:
+def db(coro_fn: Callable[[asyncpg.Connection], Any], url: str | None = None) -> Any:
     async def run() -> Any:
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(url or ACTIVE.db_url)
         try:
             return await coro_fn(conn)
         finally:
@@ -314,12 +388,19 @@ def db(coro_fn: Callable[[asyncpg.Connection], Any], url: str = DB_URL) -> Any:
     return asyncio.run(run())
 
 
-def create_database() -> tuple[int, str]:
-    """A fresh, migrated tegami_bench with the ceiling's tables; returns the API key."""
-    db(lambda c: c.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'), ADMIN_URL)
-    db(lambda c: c.execute(f'CREATE DATABASE "{DB_NAME}"'), ADMIN_URL)
+def create_database(version: Version) -> None:
+    """A fresh database migrated by ``version``'s own code, with the ceiling's tables; notes
+    its API key in ``version``."""
+    name = version.db_name
+    db(lambda c: c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'), ADMIN_URL)
+    db(lambda c: c.execute(f'CREATE DATABASE "{name}"'), ADMIN_URL)
+    with measuring(version):
+        _migrate_and_key(version)
+
+
+def _migrate_and_key(version: Version) -> None:
     subprocess.run(  # noqa: S603
-        [TEGAMI, "migrate"], env=tegami_env(), cwd=ROOT, check=True, capture_output=True
+        [TEGAMI, "migrate"], env=tegami_env(), cwd=version.root, check=True, capture_output=True
     )
     db(
         lambda c: c.execute(
@@ -334,13 +415,13 @@ def create_database() -> tuple[int, str]:
     key = subprocess.run(  # noqa: S603
         [TEGAMI, "api-key", "create", "bench"],
         env=tegami_env(),
-        cwd=ROOT,
+        cwd=version.root,
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    key_id = db(lambda c: c.fetchval("SELECT id FROM api_key WHERE name = 'bench'"))
-    return int(key_id), key
+    version.key_id = int(db(lambda c: c.fetchval("SELECT id FROM api_key WHERE name = 'bench'")))
+    version.api_key = key
 
 
 TABLES = (
@@ -367,28 +448,37 @@ KIND_MIX = (
 
 
 def load_messages(
-    count: int, *, key_id: int, status: str = "queued", prefix: str = "drain"
+    count: int,
+    *,
+    key_id: int,
+    status: str = "queued",
+    prefix: str = "drain",
+    mix: Sequence[tuple[str, int]] = KIND_MIX,
 ) -> list[tuple[uuid.UUID, str, str]]:
     """COPY ``count`` messages shaped exactly like the API's rows (recipient, message, the
     'accepted' event; for ``sent``, the worker's columns and event too). Returns
-    (id, address, ses_message_id) for each."""
+    (id, address, ses_message_id) for each. The same arguments give the same rows (ids and
+    tokens too), so two databases can hold the same messages."""
     from app.emails.catalog import EMAIL_KINDS
     from app.emails.service import request_fingerprint
     from app.recipients.addresses import address_hash
 
     rng = random.Random(7)  # noqa: S311
-    kinds = [name for name, weight in KIND_MIX for _ in range(weight)]
+    ids = random.Random(f"{prefix}-{count}-{status}")  # noqa: S311
+
+    def uuid4() -> uuid.UUID:
+        return uuid.UUID(int=ids.getrandbits(128), version=4)
+
+    kinds = [name for name, weight in mix for _ in range(weight)]
     now = datetime.now(UTC)
     recipients, messages, events, out = [], [], [], []
     for index in range(count):
         kind = EMAIL_KINDS[rng.choice(kinds)]
         address = f"{prefix}-{index}@example.com"
         user_id = f"user-{index}"
-        params = {
-            name: f"https://proworks.jp/{name}?token={uuid.uuid4().hex}" for name in kind.params
-        }
-        message_id = uuid.uuid4()
-        ses_id = f"{uuid.uuid4().hex[:16]}-{uuid.uuid4()}-000000" if status == "sent" else None
+        params = {name: f"https://proworks.jp/{name}?token={uuid4().hex}" for name in kind.params}
+        message_id = uuid4()
+        ses_id = f"{uuid4().hex[:16]}-{uuid4()}-000000" if status == "sent" else None
         recipient_id = index + 1
         hashed = address_hash(address, secret=ADDRESS_SECRET)
         recipients.append((recipient_id, hashed, address, user_id, 0, now, now))
@@ -505,6 +595,8 @@ class Series:
 
 
 def fmt(value: float, digits: int = 0) -> str:
+    if math.isinf(value):
+        return "∞"
     return f"{value:,.{digits}f}"
 
 
@@ -515,6 +607,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     rank = q / 100 * (len(ordered) - 1)
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
+    if rank == low or ordered[low] == ordered[high]:
+        return ordered[low]  # also when it is infinite (a value that never came)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
@@ -580,10 +674,11 @@ def start_fake(logs: Path, *, rate: float, latency_ms: float = 0.0) -> Proc:
 def start_tegami(logs: Path, *, worker: bool, **extra: str) -> Proc:
     env = tegami_env(TEGAMI_RUN_WORKER="true" if worker else "false", **extra)
     proc = Proc(
-        "tegami-serve",
+        f"tegami-serve-{ACTIVE.label}",
         [TEGAMI, "serve", "--host", "127.0.0.1", "--port", str(TEGAMI_PORT)],
         env,
         logs,
+        cwd=ACTIVE.root,
     )
     proc.wait_ready(f"http://127.0.0.1:{TEGAMI_PORT}/readyz")
     return proc
@@ -591,7 +686,7 @@ def start_tegami(logs: Path, *, worker: bool, **extra: str) -> Proc:
 
 def start_ceiling(logs: Path, **extra: str) -> Proc:
     env = base_env()
-    env.update(CEILING_DATABASE_URL=DB_URL, **extra)
+    env.update(CEILING_DATABASE_URL=ACTIVE.db_url, **extra)
     proc = Proc(
         "ceiling",
         [
@@ -615,7 +710,9 @@ def start_ceiling(logs: Path, **extra: str) -> Proc:
 
 
 def start_worker(logs: Path, name: str, **extra: str) -> Proc:
-    return Proc(name, [TEGAMI, "worker"], tegami_env(**extra), logs)
+    return Proc(
+        f"{name}-{ACTIVE.label}", [TEGAMI, "worker"], tegami_env(**extra), logs, ACTIVE.root
+    )
 
 
 def wait_for(check: Callable[[], bool], timeout: float, every: float = 0.25) -> bool:
@@ -630,10 +727,11 @@ def wait_for(check: Callable[[], bool], timeout: float, every: float = 0.25) -> 
 # -- 1. accept throughput -----------------------------------------------------------------------
 
 
-def bench_accept(profile: Profile, logs: Path, api_key: str) -> dict[str, Any]:
+def bench_accept(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    api_key = ACTIVE.api_key
     tegami, ceiling = Series(), Series()
     details: list[dict[str, Any]] = []
-    for run in range(profile.runs):
+    for run in range(first, first + profile.runs):
         reset_tables()
         order = ("ceiling", "tegami") if run % 2 == 0 else ("tegami", "ceiling")
         for which in order:
@@ -717,12 +815,13 @@ def _open_loop(url: str, seconds: int, prefix: str, env: dict[str, str], out: Pa
     )
 
 
-def bench_latency(profile: Profile, logs: Path, api_key: str) -> dict[str, Any]:
+def bench_latency(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    api_key = ACTIVE.api_key
     fake_ses = start_fake(logs, rate=1000)
     series = {name: Series() for name in ("p50", "p99", "floor_p50", "floor_p99")}
     details: list[dict[str, Any]] = []
     try:
-        for run in range(profile.runs):
+        for run in range(first, first + profile.runs):
             reset_tables()
             proc = start_tegami(logs, worker=True)
             url = f"http://127.0.0.1:{TEGAMI_PORT}/emails/verify-email"
@@ -793,14 +892,15 @@ def _drain_once(
     }
 
 
-def bench_drain(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
+def bench_drain(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    key_id = ACTIVE.key_id
     out: dict[str, Any] = {"details": []}
     fake_ses = start_fake(logs, rate=5000)
     try:
         for latency in (0, 50):
             fake("/_bench/config", {"latency_ms": latency, "rate": 5000, "burst": 5000})
             rates, blasts, botos, rss = Series(), Series(), Series(), Series()
-            for run in range(profile.runs):
+            for run in range(first, first + profile.runs):
                 detail = _drain_once(profile, logs, key_id, latency=latency, workers=1, run=run)
                 rates.add(detail["per_second"])
                 rss.add(detail["peak_rss_mb"])
@@ -814,12 +914,13 @@ def bench_drain(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
                 out["details"].append({"latency_ms": latency, "run": run, "ceiling_boto": boto})
                 log(f"drain ceilings latency {latency} run {run}: http {blast}, aioboto3 {boto}")
             out[latency] = {"tegami": rates, "ceiling": blasts, "boto": botos, "rss_mb": rss}
-        # Supplementary, once: two worker processes share the backlog (both cores).
-        fake("/_bench/config", {"latency_ms": 0, "rate": 5000, "burst": 5000})
-        detail = _drain_once(profile, logs, key_id, latency=0, workers=2, run=0)
-        out["details"].append(detail)
-        out["two_workers"] = detail
-        log(f"drain with two workers: {detail}")
+        if first == 0:
+            # Supplementary, once: two worker processes share the backlog (both cores).
+            fake("/_bench/config", {"latency_ms": 0, "rate": 5000, "burst": 5000})
+            detail = _drain_once(profile, logs, key_id, latency=0, workers=2, run=0)
+            out["details"].append(detail)
+            out["two_workers"] = detail
+            log(f"drain with two workers: {detail}")
     finally:
         fake_ses.stop()
     return out
@@ -853,14 +954,15 @@ def _loadgen(mode: str, logs: Path, *, connections: int, seconds: int) -> dict[s
 # -- 4. rate accuracy ---------------------------------------------------------------------------
 
 
-def bench_rate(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
+def bench_rate(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    key_id = ACTIVE.key_id
     rate = 14.0
     window = 10.0
     fake_ses = start_fake(logs, rate=rate)
     lows, highs, throttled = Series(), Series(), Series()
     details: list[dict[str, Any]] = []
     try:
-        for run in range(profile.runs):
+        for run in range(first, first + profile.runs):
             reset_tables()
             load_messages(int(rate * (profile.rate_seconds + 30)), key_id=key_id)
             fake("/_bench/reset")
@@ -911,10 +1013,17 @@ class SnsSetup:
     targets: list[tuple[uuid.UUID, str, str]]
 
 
+_SNS_SETUP: list[SnsSetup] = []  # signed once per bench run, loaded into each database
+
+
 def prepare_sns(profile: Profile, logs: Path, key_id: int) -> SnsSetup:
     from app.sns.signature import make_signing_identity
     from app.sns.simulate import DevSigner, SimulatedEvent, ses_event, sns_notification
 
+    if _SNS_SETUP:
+        _reset_sns_state(profile, key_id)  # the same rows as the bodies were signed for
+        return _SNS_SETUP[0]
+    log("signing SNS notifications")
     key_pem, cert_pem = make_signing_identity(common_name="sns.ap-northeast-1.amazonaws.com")
     cert_dir = logs / "sns-certs"
     cert_dir.mkdir(exist_ok=True)
@@ -947,7 +1056,8 @@ def prepare_sns(profile: Profile, logs: Path, key_id: int) -> SnsSetup:
     warm_bodies = logs / "sns-warm.jsonl"
     bodies.write_text("\n".join(lines[:-warm]) + "\n")
     warm_bodies.write_text("\n".join(lines[-warm:]) + "\n")
-    return SnsSetup(cert_dir, cert_dir / name, bodies, warm_bodies, targets)
+    _SNS_SETUP.append(SnsSetup(cert_dir, cert_dir / name, bodies, warm_bodies, targets))
+    return _SNS_SETUP[0]
 
 
 def _reset_sns_state(profile: Profile, key_id: int) -> None:
@@ -955,12 +1065,12 @@ def _reset_sns_state(profile: Profile, key_id: int) -> None:
     load_messages(profile.sns_events + 2000, key_id=key_id, status="sent", prefix="sns")
 
 
-def bench_sns(profile: Profile, logs: Path, key_id: int) -> dict[str, Any]:
-    log("signing SNS notifications")
+def bench_sns(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    key_id = ACTIVE.key_id
     setup = prepare_sns(profile, logs, key_id)
     tegami, ceiling = Series(), Series()
     details: list[dict[str, Any]] = []
-    for run in range(profile.runs):
+    for run in range(first, first + profile.runs):
         order = ("ceiling", "tegami") if run % 2 == 0 else ("tegami", "ceiling")
         for which in order:
             # The same messages each run: the database is put back as it was before.
@@ -1036,6 +1146,197 @@ def _sns_rows(which: str) -> int:
     return int(db(lambda c: c.fetchval(f"SELECT count(*) FROM {table}")))  # noqa: S608
 
 
+# -- 6. account mail behind a matching backlog --------------------------------------------------
+
+
+def _resets_at_one_per_second(seconds: int, run: int) -> list[dict[str, Any]]:
+    """POST /emails/password-reset once a second for ``seconds`` s; each request's wall-clock
+    send time (the fake SES stamps arrivals with the same clock), status and the id answered."""
+    sent: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {ACTIVE.api_key}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{TEGAMI_PORT}", headers=headers) as client:
+        start = time.monotonic()
+        for index in range(seconds):
+            time.sleep(max(0.0, start + index - time.monotonic()))
+            body = {
+                "to": f"reset-{ACTIVE.label}-{run}-{index}@example.com",
+                "params": {"reset_url": f"https://proworks.jp/reset?token={uuid.uuid4().hex}"},
+                "user_id": f"reset-user-{index}",
+            }
+            at = time.time()
+            try:
+                response = client.post("/emails/password-reset", json=body, timeout=10.0)
+                answer, status = response.json(), response.status_code
+            except (httpx.HTTPError, ValueError) as exc:
+                answer, status = {"error": repr(exc)}, 0
+            sent.append({"sent": at, "status": status, "id": answer.get("id"), "answer": answer})
+    return sent
+
+
+def bench_priority(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    rate = 14.0
+    fake_ses = start_fake(logs, rate=rate)
+    series = {name: Series() for name in ("p50", "p99", "matching_per_second", "throttled")}
+    details: list[dict[str, Any]] = []
+    try:
+        for run in range(first, first + profile.runs):
+            reset_tables()
+            load_messages(
+                MATCHING_BACKLOG,
+                key_id=ACTIVE.key_id,
+                prefix="match",
+                mix=(("matching-notification", 1),),
+            )
+            fake("/_bench/reset")
+            wait_quiet()
+            proc = start_tegami(logs, worker=True)
+            try:
+                # The backlog is draining (a couple of seconds' worth out) before the first reset.
+                wait_for(lambda: fake("/_bench/stats")["sent"] >= 2 * rate, timeout=60)
+                resets = _resets_at_one_per_second(profile.priority_seconds, run)
+                ids = {r["id"] for r in resets if r["status"] == 202}
+
+                def all_arrived(ids: set[str] = ids) -> bool:
+                    return ids <= {tag for _at, tag, _to in fake("/_bench/arrivals")["arrivals"]}
+
+                wait_for(all_arrived, RESET_WAIT_SECONDS, every=0.5)
+                stats = fake("/_bench/stats")
+                arrived = fake("/_bench/arrivals")["arrivals"]
+            finally:
+                proc.stop()
+            at_ses = {tag: at for at, tag, _to in arrived}
+            # A reset that never reached SES counts as infinitely late.
+            latencies = [
+                at_ses[r["id"]] - r["sent"] if r["id"] in at_ses else float("inf")
+                for r in resets
+                if r["status"] == 202
+            ]
+            begin, end = resets[0]["sent"], resets[-1]["sent"] + 1.0
+            matching = sum(1 for at, tag, _to in arrived if tag not in ids and begin <= at < end)
+            detail = {
+                "run": run,
+                "version": ACTIVE.label,
+                "resets": len(resets),
+                "accepted": len(ids),
+                "not_at_ses": sum(1 for value in latencies if value == float("inf")),
+                "p50_s": percentile(latencies, 50),
+                "p99_s": percentile(latencies, 99),
+                "max_s": max(latencies, default=float("nan")),
+                "matching_sent_meanwhile": matching,
+                "matching_per_second": matching / (end - begin),
+                "throttled": stats["throttled"],
+                "failed": stats["failed"],
+                "sent": stats["sent"],
+            }
+            for name in ("p50", "p99"):
+                series[name].add(detail[f"{name}_s"])
+            series["matching_per_second"].add(detail["matching_per_second"])
+            series["throttled"].add(stats["throttled"])
+            details.append(detail)
+            log(f"priority run {run} {ACTIVE.label}: {detail}")
+    finally:
+        fake_ses.stop()
+    return {**series, "rate": rate, "details": details}
+
+
+# -- 7. duplicates at 1/s with several replicas -------------------------------------------------
+
+
+def bench_replicas(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    fake_ses = start_fake(logs, rate=1)
+    series = {name: Series() for name in ("twice", "throttled", "per_second")}
+    details: list[dict[str, Any]] = []
+    count = profile.replicas_messages
+    try:
+        for run in range(first, first + profile.runs):
+            reset_tables()
+            load_messages(count, key_id=ACTIVE.key_id, prefix="replicas")
+            fake("/_bench/reset")
+            wait_quiet()
+            workers = [
+                start_worker(
+                    logs,
+                    f"tegami-worker-{i}",
+                    TEGAMI_MAX_SEND_RATE="1",
+                    TEGAMI_SEND_LEASE_SECONDS=str(REPLICAS_LEASE_SECONDS),
+                    TEGAMI_SEND_CONCURRENCY="32",
+                )
+                for i in range(REPLICAS)
+            ]
+            try:
+
+                def unfinished() -> int:
+                    return int(
+                        db(
+                            lambda c: c.fetchval(
+                                "SELECT count(*) FROM message WHERE status IN ('queued', 'sending')"
+                            )
+                        )
+                    )
+
+                def settled_or_dead(workers: list[Proc] = workers) -> bool:
+                    return unfinished() == 0 or not all(w.alive() for w in workers)
+
+                settled = wait_for(
+                    settled_or_dead,
+                    timeout=3 * count + 60,
+                    every=1.0,
+                )
+
+                # A worker whose lease ran out may still send what another one already sent:
+                # done when SES has heard nothing for three of its slots.
+                def quiet() -> bool:
+                    last = fake("/_bench/stats")["last_arrival"]
+                    return last is not None and time.time() - last > 3.0
+
+                wait_for(quiet, timeout=60, every=0.5)
+                stats = fake("/_bench/stats")
+                answer = fake("/_bench/arrivals")
+                arrived = answer["arrivals"]
+            finally:
+                for worker in workers:
+                    worker.stop()
+            if not settled:
+                raise RuntimeError(f"replicas did not finish: {stats}\n{workers[0].tail()}")
+            sends: dict[str, int] = {}
+            for _at, tag, _to in arrived:
+                sends[tag] = sends.get(tag, 0) + 1
+            times = sorted(at for at, _tag, _to in arrived)
+            logs_text = "".join(w.log_path.read_text(errors="replace") for w in workers)
+            detail = {
+                "run": run,
+                "version": ACTIVE.label,
+                "messages": count,
+                "sent": stats["sent"],
+                "mails_at_ses": len(sends),
+                "sent_twice_or_more": sum(1 for n in sends.values() if n > 1),
+                "extra_sends": sum(n - 1 for n in sends.values()),
+                "throttled": stats["throttled"],
+                "failed": stats["failed"],
+                "per_second": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0,
+                "closest_arrivals_s": min(
+                    (b - a for a, b in itertools.pairwise(times)), default=None
+                ),
+                # When SES said 429, in seconds after the first send that got through.
+                "throttled_after_s": [round(t - times[0], 2) for t in answer["throttled_at"]],
+                "claims_lost": logs_text.count("email_claim_lost"),
+                "statuses": {
+                    r["status"]: r["count"]
+                    for r in db(
+                        lambda c: c.fetch("SELECT status, count(*) FROM message GROUP BY status")
+                    )
+                },
+            }
+            series["twice"].add(detail["sent_twice_or_more"])
+            series["throttled"].add(detail["throttled"])
+            series["per_second"].add(detail["per_second"])
+            details.append(detail)
+            log(f"replicas run {run} {ACTIVE.label}: {detail}")
+    finally:
+        fake_ses.stop()
+    return {**series, "details": details}
+
+
 # -- the loadgen's own ceiling ------------------------------------------------------------------
 
 
@@ -1069,7 +1370,7 @@ def bench_generator(logs: Path) -> dict[str, Any]:
 # -- the report ---------------------------------------------------------------------------------
 
 
-def machine_facts() -> list[tuple[str, str]]:
+def machine_facts(baseline: Version | None = None) -> list[tuple[str, str]]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -1115,6 +1416,7 @@ def machine_facts() -> list[tuple[str, str]]:
     return [
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("code", f"{commit}{' + uncommitted changes in app/' if dirty else ''}"),
+        *([("before", f"{baseline.commit()} ({baseline.root})")] if baseline else []),
         ("CPU", f"{cpu}, {os.cpu_count()} cores"),
         ("memory", f"{int(mem.group(1)) // 1024 // 1024 if mem else '?'} GiB"),
         ("OS", f"{platform.system()} {platform.release()}"),
@@ -1135,9 +1437,280 @@ def _shown_python() -> str:
     return str(python.relative_to(ROOT)) if python.is_relative_to(ROOT) else str(python)
 
 
+@dataclass(frozen=True)
+class Row:
+    """One line of the figures table. ``key`` is the median that "now vs before" compares;
+    ``better`` says which way is better ("" for counts whose goal is zero: no ratio)."""
+
+    number: str
+    figure: str
+    target: str
+    value: str
+    ceiling: str
+    ratio: str
+    ok: bool | None
+    key: float = float("nan")
+    better: str = "higher"
+
+
+def figure_rows(results: dict[str, Any], profile: Profile) -> list[Row]:
+    """The table's rows for one version's results (a figure that did not run has none)."""
+    rows: list[Row] = []
+    accept = results.get("accept")
+    if accept:
+        ratio = accept["tegami"].median / accept["ceiling"].median
+        rows.append(
+            Row(
+                "1",
+                "accept throughput, req/s (20 connections, one process)",
+                "ratio ≥ 0.5",
+                accept["tegami"].show(),
+                accept["ceiling"].show(),
+                f"{ratio:.2f}",
+                ratio >= 0.5,
+                accept["tegami"].median,
+            )
+        )
+    latency = results.get("latency")
+    if latency:
+        for q, target in (("p50", 10), ("p99", 50)):
+            figure, floor = latency[q].median, latency[f"floor_{q}"].median
+            rows.append(
+                Row(
+                    "2",
+                    f"accept-to-SES latency {q}, ms (100 req/s)",
+                    f"≤ {target}",
+                    latency[q].show(1),
+                    latency[f"floor_{q}"].show(1),
+                    f"{floor / figure:.2f}",
+                    figure <= target,
+                    figure,
+                    "lower",
+                )
+            )
+    drain = results.get("drain")
+    if drain:
+        for latency_ms, target in ((0, 1500), (50, 1000)):
+            part = drain.get(latency_ms)
+            if not part:
+                continue
+            figure = part["tegami"].median
+            rows.append(
+                Row(
+                    "3",
+                    f"drain, msg/s, one worker (SES latency {latency_ms} ms, "
+                    f"{profile.drain_messages:,} backlog)",
+                    f"≥ {target:,}",
+                    part["tegami"].show(),
+                    f"{part['ceiling'].show()} raw HTTP; {part['boto'].show()} aioboto3 alone",
+                    f"{figure / part['ceiling'].median:.2f}; {figure / part['boto'].median:.2f}",
+                    figure >= target,
+                    figure,
+                )
+            )
+            rss = part["rss_mb"]
+            rows.append(
+                Row(
+                    "3",
+                    f"worker peak RSS, MB (SES latency {latency_ms} ms)",
+                    "< 200",
+                    rss.show(),
+                    "200",
+                    f"{max(rss.values) / 200:.2f} of it",
+                    max(rss.values) < 200,
+                    rss.median,
+                    "lower",
+                )
+            )
+        two = drain.get("two_workers")
+        if two:
+            rows.append(
+                Row(
+                    "3",
+                    "drain, msg/s, two workers, one run (SES latency 0 ms)",
+                    "≥ 1,500",
+                    fmt(two["per_second"]),
+                    "as above",
+                    "",
+                    two["per_second"] >= 1500,
+                    two["per_second"],
+                )
+            )
+    rate = results.get("rate")
+    if rate:
+        low, high = min(rate["low"].values), max(rate["high"].values)
+        rows.append(
+            Row(
+                "4",
+                f"rate, msg/s per 10-s window (2 workers, {profile.rate_seconds} s)",
+                "13–14, 0 throttled",
+                f"lowest {rate['low'].show(2)}, highest {rate['high'].show(2)}, "
+                f"throttled {rate['throttled'].show()}",
+                "14 (MaxSendRate)",
+                f"{rate['low'].median / rate['rate']:.2f}",
+                low >= 13 and high <= 14 and max(rate["throttled"].values) == 0,
+                rate["low"].median,
+            )
+        )
+    sns = results.get("sns")
+    if sns:
+        figure = sns["tegami"].median
+        rows.append(
+            Row(
+                "5",
+                "SNS ingest, events/s (20 connections, one process)",
+                "≥ 1,000",
+                sns["tegami"].show(),
+                sns["ceiling"].show(),
+                f"{figure / sns['ceiling'].median:.2f}",
+                figure >= 1000,
+                figure,
+            )
+        )
+    priority = results.get("priority")
+    if priority and priority["p99"].values:
+        fixed = (
+            f"MaxSendRate 14, {MATCHING_BACKLOG:,} matching queued, "
+            f"resets at 1/s for {profile.priority_seconds} s"
+        )
+        goals: tuple[tuple[str, float | None], ...] = (("p50", None), ("p99", 1.5))
+        for q, goal in goals:
+            figure = priority[q].median
+            rows.append(
+                Row(
+                    "6",
+                    f"password reset accept-to-SES {q}, s ({fixed})",
+                    f"≤ {goal}" if goal else "",
+                    priority[q].show(2),
+                    "",
+                    "",
+                    figure <= goal if goal else None,
+                    figure,
+                    "lower",
+                )
+            )
+        meanwhile = priority["matching_per_second"]
+        rows.append(
+            Row(
+                "6",
+                "matching mails sent meanwhile, msg/s",
+                "> 0 (keeps draining)",
+                meanwhile.show(1),
+                "14 (MaxSendRate)",
+                f"{(meanwhile.median + 1) / priority['rate']:.2f} with the resets",
+                min(meanwhile.values) > 0,
+                meanwhile.median,
+            )
+        )
+        rows.append(count_row("6", "throttled by SES (MaxSendRate 14), whole run", priority))
+    replicas = results.get("replicas")
+    if replicas and replicas["twice"].values:
+        fixed = f"{REPLICAS} `tegami worker`, {profile.replicas_messages} queued"
+        rows.append(
+            Row(
+                "7",
+                f"mails sent twice or more at 1/s ({fixed}, lease {REPLICAS_LEASE_SECONDS} s)",
+                "0",
+                replicas["twice"].show(),
+                "0",
+                "",
+                max(replicas["twice"].values) == 0,
+                replicas["twice"].median,
+                "",
+            )
+        )
+        rows.append(count_row("7", "throttled by SES (MaxSendRate 1)", replicas))
+        per_second = replicas["per_second"]
+        rows.append(
+            Row(
+                "7",
+                "achieved rate, sends/s (first to last arrival)",
+                "≤ 1",
+                per_second.show(3),
+                "1 (MaxSendRate)",
+                f"{per_second.median:.2f}",
+                max(per_second.values) <= 1.0,
+                per_second.median,
+            )
+        )
+    return rows
+
+
+def count_row(number: str, figure: str, part: dict[str, Any]) -> Row:
+    throttled = part["throttled"]
+    return Row(
+        number,
+        figure,
+        "0",
+        throttled.show(),
+        "0",
+        "",
+        max(throttled.values) == 0,
+        throttled.median,
+        "",
+    )
+
+
+def change(now: Row, before: Row | None) -> str:
+    """now vs before, higher is better: now/before for throughput, before/now for latency."""
+    if before is None or not now.better:
+        return ""
+    a, b = (now.key, before.key) if now.better == "higher" else (before.key, now.key)
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def figure_table(results: dict[str, Any], profile: Profile) -> list[str]:
+    rows = figure_rows(results["now"], profile)
+    if "before" not in results:
+        return [
+            "| # | figure | target | tegami | ceiling | ratio | |",
+            "|---|---|---|---|---|---|---|",
+            *[
+                f"| {r.number} | {r.figure} | {r.target} | {r.value} | {r.ceiling} | {r.ratio} "
+                f"| {'' if r.ok is None else verdict(r.ok)} |"
+                for r in rows
+            ],
+        ]
+    # A figure whose every run failed on the older code has only its details (the errors).
+    ran = {name: found for name, found in results["before"].items() if set(found) - {"details"}}
+    before = {(r.number, r.figure): r for r in figure_rows(ran, profile)}
+    lines = [
+        "| # | figure | target | now | before | now vs before | ceiling | ratio | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        old = before.get((r.number, r.figure))
+        lines.append(
+            f"| {r.number} | {r.figure} | {r.target} | {r.value} | "
+            f"{old.value if old else 'n/a'} | {change(r, old)} | {r.ceiling} | {r.ratio} | "
+            f"{'' if r.ok is None else verdict(r.ok)} |"
+        )
+    return lines
+
+
 def write_report(
-    path: Path, argv: Sequence[str], profile: Profile, results: dict[str, Any], took: float
+    path: Path,
+    argv: Sequence[str],
+    profile: Profile,
+    results: dict[str, Any],
+    took: float,
+    baseline: Version | None = None,
 ) -> None:
+    compared = (
+        [
+            "",
+            f"**now** is this checkout; **before** is {baseline.commit()} "
+            f"(`{baseline.root}`), run from the same virtual environment with its own "
+            "database. Each run measures both, one after the other, in turns (now first in "
+            'even runs); the verdict is now\'s. "now vs before" is now / before for '
+            "throughput and before / now for latency (higher is better; — when either is "
+            "not a number). Code that predates a setting ignores it: see figures 6 and 7.",
+        ]
+        if baseline
+        else []
+    )
     lines = [
         "# tegami benchmarks",
         "",
@@ -1152,77 +1725,18 @@ def write_report(
         "run, on the same machine, with the same load generator. Ratio is figure / "
         "ceiling for throughput, ceiling / figure for latency (1.0 = as good as the bare "
         "minimum; higher is better).",
+        *compared,
         "",
         "## Machine",
         "",
         "| | |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in machine_facts()],
+        *[f"| {k} | {v} |" for k, v in machine_facts(baseline)],
         "",
         "## Figures",
         "",
-        "| # | figure | target | tegami | ceiling | ratio | |",
-        "|---|---|---|---|---|---|---|",
+        *figure_table(results, profile),
     ]
-    accept = results.get("accept")
-    if accept:
-        ratio = accept["tegami"].median / accept["ceiling"].median
-        lines.append(
-            f"| 1 | accept throughput, req/s (20 connections, one process) | ratio ≥ 0.5 | "
-            f"{accept['tegami'].show()} | {accept['ceiling'].show()} | {ratio:.2f} | "
-            f"{verdict(ratio >= 0.5)} |"
-        )
-    latency = results.get("latency")
-    if latency:
-        for q, target in (("p50", 10), ("p99", 50)):
-            figure, floor = latency[q].median, latency[f"floor_{q}"].median
-            lines.append(
-                f"| 2 | accept-to-SES latency {q}, ms (100 req/s) | ≤ {target} | "
-                f"{latency[q].show(1)} | {latency[f'floor_{q}'].show(1)} | "
-                f"{floor / figure:.2f} | {verdict(figure <= target)} |"
-            )
-    drain = results.get("drain")
-    if drain:
-        for latency_ms, target in ((0, 1500), (50, 1000)):
-            part = drain[latency_ms]
-            figure = part["tegami"].median
-            lines.append(
-                f"| 3 | drain, msg/s, one worker (SES latency {latency_ms} ms, "
-                f"{profile.drain_messages:,} backlog) | ≥ {target:,} | {part['tegami'].show()} | "
-                f"{part['ceiling'].show()} raw HTTP; {part['boto'].show()} aioboto3 alone | "
-                f"{figure / part['ceiling'].median:.2f}; {figure / part['boto'].median:.2f} | "
-                f"{verdict(figure >= target)} |"
-            )
-            rss = part["rss_mb"]
-            lines.append(
-                f"| 3 | worker peak RSS, MB (SES latency {latency_ms} ms) | < 200 | "
-                f"{rss.show()} | 200 | {max(rss.values) / 200:.2f} of it | "
-                f"{verdict(max(rss.values) < 200)} |"
-            )
-        two = drain.get("two_workers")
-        if two:
-            lines.append(
-                f"| 3 | drain, msg/s, two workers, one run (SES latency 0 ms) | ≥ 1,500 | "
-                f"{fmt(two['per_second'])} | as above | | {verdict(two['per_second'] >= 1500)} |"
-            )
-    rate = results.get("rate")
-    if rate:
-        low, high = min(rate["low"].values), max(rate["high"].values)
-        ok = low >= 13 and high <= 14 and max(rate["throttled"].values) == 0
-        lines.append(
-            f"| 4 | rate, msg/s per 10-s window (2 workers, {profile.rate_seconds} s) | 13–14, "
-            f"0 throttled | lowest {rate['low'].show(2)}, highest {rate['high'].show(2)}, "
-            f"throttled {rate['throttled'].show()} | 14 (MaxSendRate) | "
-            f"{rate['low'].median / rate['rate']:.2f} | {verdict(ok)} |"
-        )
-    sns = results.get("sns")
-    if sns:
-        figure = sns["tegami"].median
-        lines.append(
-            f"| 5 | SNS ingest, events/s (20 connections, one process) | ≥ 1,000 | "
-            f"{sns['tegami'].show()} | {sns['ceiling'].show()} | "
-            f"{figure / sns['ceiling'].median:.2f} | {verdict(figure >= 1000)} |"
-        )
     generator = results.get("generator")
     lines += ["", "## How each figure is measured", ""]
     lines += [
@@ -1257,6 +1771,26 @@ def write_report(
         f"`wrk -t1 -c20` for {profile.sns_seconds} s (bench/wrk/sns.lua); the figure is the "
         "rows `sns_message` gained, per second. The ceiling (bench/ceiling.py) parses the "
         "JSON, verifies the same RSA signature and INSERTs the MessageId.",
+        "6. **Account mail behind a matching backlog.** The fake SES reports and enforces "
+        f"MaxSendRate 14 (bucket of 14). {MATCHING_BACKLOG:,} matching notifications "
+        "COPYed as in 3, then one `tegami serve` with its worker; once it has sent two "
+        "seconds' worth, `POST /emails/password-reset` once a second for "
+        f"{profile.priority_seconds} s. Each reset: from the moment the request is sent "
+        "(`time.time()` in the bench) to its arrival at the fake (`time.time()` there, by "
+        "its `tegami_id` tag). A reset that has not reached SES "
+        f"{RESET_WAIT_SECONDS:.0f} s after the last one was sent counts as infinitely late "
+        "(∞). Matching mails sent meanwhile: arrivals that are not resets from the first "
+        "reset to a second after the last, per second; the ratio is all sends (resets "
+        "included) over MaxSendRate.",
+        f"7. **Duplicates at 1/s.** {REPLICAS} `tegami worker` processes with "
+        "`TEGAMI_MAX_SEND_RATE=1`, `TEGAMI_SEND_LEASE_SECONDS="
+        f"{REPLICAS_LEASE_SECONDS}` and `TEGAMI_SEND_CONCURRENCY=32`, against the fake "
+        f"enforcing 1/s (bucket of 1), {profile.replicas_messages} mails queued (as in 3): "
+        "the backlog outlasts the lease. Done when no mail is queued or sending and SES "
+        "has heard nothing for 3 s. Mails whose `tegami_id` reached SES more than once; "
+        "the fake's 429s; sends / (last − first arrival). Code from before "
+        "`TEGAMI_SEND_LEASE_SECONDS` ignores it and holds a fixed 60-s lease, which the "
+        f"full profile's {FULL.replicas_messages} mails outlast too.",
     ]
     if generator:
         lines += [
@@ -1268,9 +1802,13 @@ def write_report(
         ]
     lines += ["", "## Every run", "", "```json"]
     details = {
-        name: value["details"]
-        for name, value in results.items()
-        if isinstance(value, dict) and "details" in value
+        label: {
+            name: value["details"]
+            for name, value in figures.items()
+            if isinstance(value, dict) and "details" in value
+        }
+        for label, figures in results.items()
+        if label in ("now", "before")
     }
     lines.append(json.dumps(details, indent=1, default=str))
     lines += ["```", ""]
@@ -1282,7 +1820,66 @@ def write_report(
 
 # -- main ---------------------------------------------------------------------------------------
 
-ALL = ("accept", "latency", "drain", "rate", "sns")
+FIGURES: dict[str, Callable[[Profile, Path, int], dict[str, Any]]] = {
+    "accept": bench_accept,
+    "latency": bench_latency,
+    "drain": bench_drain,
+    "rate": bench_rate,
+    "sns": bench_sns,
+    "priority": bench_priority,
+    "replicas": bench_replicas,
+}
+ALL = tuple(FIGURES)
+
+
+def merged(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One figure's results from several calls: series and details joined, the rest first."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, Series):
+                out.setdefault(key, Series()).values.extend(value.values)
+            elif isinstance(value, list):
+                out.setdefault(key, []).extend(value)
+            elif isinstance(value, dict):
+                out[key] = merged([out.get(key, {}), value])
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def measure(
+    name: str, profile: Profile, logs: Path, versions: Sequence[Version]
+) -> dict[str, dict[str, Any]]:
+    """One figure for each version. With two, run by run in turns (now first in even runs),
+    so that both see the machine in the same state; a failure of the older code is logged
+    and reported, not fatal."""
+    figure = FIGURES[name]
+    if len(versions) == 1:
+        plan = [(0, versions[0])]
+        each = profile
+    else:
+        each = Profile(**{**profile.__dict__, "runs": 1})
+        plan = [
+            (run, version)
+            for run in range(profile.runs)
+            for version in (versions if run % 2 == 0 else list(reversed(versions)))
+        ]
+    parts: dict[str, list[dict[str, Any]]] = {version.label: [] for version in versions}
+    for run, version in plan:
+        started = time.monotonic()
+        with measuring(version):
+            try:
+                parts[version.label].append(figure(each, logs, run))
+            except Exception as exc:
+                if version is NOW:
+                    raise
+                log(f"{name} run {run} {version.label} failed: {exc!r}")
+                stop_all()
+                error = {"run": run, "version": version.label, "error": repr(exc)}
+                parts[version.label].append({"details": [error]})
+        log(f"{name} run {run} {version.label} took {time.monotonic() - started:.0f} s")
+    return {label: merged(found) for label, found in parts.items()}
 
 
 def main() -> None:
@@ -1291,34 +1888,53 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs per benchmark (default 3, quick 2)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--output", type=Path, help="report file (default bench/README.md)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the checkout in DIR (a git worktree of an older commit), in "
+        "turns with this one, and report it as 'before'",
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     if args.runs:
+        if args.runs < 1:
+            parser.error("--runs must be at least 1")
         profile = Profile(**{**profile.__dict__, "runs": args.runs})
     only = tuple(args.only.split(",")) if args.only else ALL
+    unknown = [name for name in only if name not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figure {', '.join(unknown)}; choose from {','.join(ALL)}")
+    versions = [NOW]
+    baseline = None
+    if args.baseline:
+        root = args.baseline.resolve()
+        if not (root / "app" / "cli.py").is_file():
+            parser.error(f"--baseline {args.baseline}: not a tegami checkout (no app/cli.py)")
+        if root == ROOT:
+            parser.error("--baseline is this checkout; give an older one")
+        baseline = Version("before", root, f"{DB_NAME}_base")
+        versions.append(baseline)
+    if shutil.which("wrk") is None:  # the load generators' ceiling uses it, every run
+        parser.error("wrk not found: install it (Debian: apt-get install wrk)")
     output = args.output or BENCH / "README.md"
     started = time.monotonic()
     logs = Path(tempfile.mkdtemp(prefix="tegami-bench-"))
     log(f"logs in {logs}")
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {version.label: {} for version in versions}
     try:
-        key_id, api_key = create_database()
+        for version in versions:
+            create_database(version)
         results["generator"] = bench_generator(logs)
         log(f"generators: {results['generator']}")
-        if "accept" in only:
-            results["accept"] = bench_accept(profile, logs, api_key)
-        if "latency" in only:
-            results["latency"] = bench_latency(profile, logs, api_key)
-        if "drain" in only:
-            results["drain"] = bench_drain(profile, logs, key_id)
-        if "rate" in only:
-            results["rate"] = bench_rate(profile, logs, key_id)
-        if "sns" in only:
-            results["sns"] = bench_sns(profile, logs, key_id)
+        for name in ALL:
+            if name in only:
+                for label, found in measure(name, profile, logs, versions).items():
+                    results[label][name] = found
     finally:
         stop_all()
     argv = ["bench/run.py", *sys.argv[1:]]
-    write_report(output, argv, profile, results, time.monotonic() - started)
+    write_report(output, argv, profile, results, time.monotonic() - started, baseline)
     log(f"report written to {output}")
     print(output.read_text().split("## How each figure")[0])
 
