@@ -152,9 +152,10 @@ async def start_app(
     """Start the app (lifespan included) with settings overrides; returns an HTTP client."""
     stack: list[Any] = []
 
-    async def start(**overrides: Any) -> httpx.AsyncClient:
+    async def start(settings: Settings | None = None, **overrides: Any) -> httpx.AsyncClient:
+        """With ``settings`` as given (say, built past their validation), else overrides."""
         overrides.setdefault("database_url", database_url)
-        app = create_app(make_settings(**overrides))
+        app = create_app(settings or make_settings(**overrides))
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         stack.append(lifespan)

@@ -7,7 +7,7 @@ import base64
 import re
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app.main import create_app
 from tests.conditions import eventually
-from tests.conftest import make_settings
+from tests.conftest import AppFactory, make_settings
 from tests.ses import MotoSes
 from tests.sns_messages import CERT_NAME, PARAMS, TOPIC, Sns, ses_event
 
@@ -110,10 +109,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def start(engine: AsyncEngine, database_url: str, ses: MotoSes) -> AsyncIterator[Any]:
+def start(start_app: AppFactory, database_url: str) -> Any:
     """Start the app with webhooks posting to ``url`` (plain http on 127.0.0.1: the https
     rule of the ses backend is set aside here, as a receiver with TLS would only test TLS)."""
-    stack: list[Any] = []
 
     async def run(url: str, **overrides: Any) -> httpx.AsyncClient:
         overrides.setdefault("database_url", database_url)
@@ -122,23 +120,9 @@ async def start(engine: AsyncEngine, database_url: str, ses: MotoSes) -> AsyncIt
         settings = make_settings(webhook_secret=[SECRET, OTHER_SECRET], **overrides).model_copy(
             update={"webhook_url": url}
         )
-        app = create_app(settings)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        stack.append(lifespan)
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="https://mail.proworks.jp"
-        )
-        client.app = app  # type: ignore[attr-defined]
-        stack.append(client)
-        return client
+        return await start_app(settings=settings)
 
-    yield run
-    for item in reversed(stack):
-        if isinstance(item, httpx.AsyncClient):
-            await item.aclose()
-        else:
-            await item.__aexit__(None, None, None)
+    return run
 
 
 async def send_mail(
