@@ -264,7 +264,3 @@ ApiKeyDep = Annotated[Caller, Depends(require_caller)]
 
 AdminKeyDep = Annotated[Caller, Depends(require_admin)]
 """An admin key; any other valid key gets 403 `forbidden`."""
-
-FORBIDDEN: dict[int | str, dict[str, Any]] = {
-    403: {"description": "The API key's scope does not allow this (`forbidden`); needs admin."}
-}

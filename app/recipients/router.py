@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from pydantic import AfterValidator
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api_keys import FORBIDDEN, AdminKeyDep, ApiKeyDep
+from app.api_keys import AdminKeyDep, ApiKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.errors import NotFound
+from app.errors import NotFound, error_responses
 from app.models import SuppressionReason
 from app.recipients import service
-from app.recipients.addresses import address_hash, check_address, mask_address
+from app.recipients.addresses import (
+    ADDRESS_JSON_SCHEMA,
+    address_hash,
+    check_address,
+    mask_address,
+)
 from app.recipients.schemas import (
     AuditEventRead,
     ErasureRead,
@@ -37,14 +42,15 @@ EmailPath = Annotated[
     str,
     Path(
         max_length=254,
-        description="The address, matched case-insensitively.",
+        description="The address, matched case-insensitively; percent-encoded in the path "
+        "(`taro%40example.com`, a `/` as `%2F`). The same rule as a send's `to`.",
         examples=["taro@example.com"],
+        json_schema_extra=dict(ADDRESS_JSON_SCHEMA),
     ),
     AfterValidator(check_address),
 ]
 
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No or unknown API key."}}
-INVALID_ADDRESS: dict[int | str, dict[str, Any]] = {422: {"description": "Not an email address."}}
+INVALID_ADDRESS = "Not an email address (`invalid_request`)."
 
 
 def _hash(request: Request, email: str) -> bytes:
@@ -86,7 +92,9 @@ async def _state(session: SessionDep, hashed: bytes) -> RecipientRead:
 class _AnyText(Convertor[str]):
     """A path parameter of any text, "/" and line breaks included; validated as a parameter."""
 
-    regex = r"[\s\S]+"
+    # Not ending in "/suppression" (no address does: its domain holds no "/"), so that path
+    # belongs to the suppression routes alone, for GET too (405 with their Allow).
+    regex = r"[\s\S]+(?<!/suppression)"
 
     def convert(self, value: str) -> str:
         return value
@@ -107,7 +115,8 @@ register_url_convertor("anytext", _AnyText())
     summary="Suppress an address by hand",
     description="No mail of any category goes to the address until the suppression is lifted. "
     "An address already suppressed keeps its first reason and cause. Needs an admin key.",
-    responses={**UNAUTHORIZED, **FORBIDDEN, **INVALID_ADDRESS},
+    operation_id="suppressRecipient",
+    responses=error_responses(401, 403, 422, 503, _422=INVALID_ADDRESS),
 )
 async def suppress_recipient(
     email: EmailPath,
@@ -141,16 +150,19 @@ def _ses_list(request: Request) -> SesSuppressionList:
     "The address is taken off SES's account-level suppression list first (SES drops mail to "
     "an address on it): when SES cannot be asked, nothing changes and the answer is 502. "
     "Needs an admin key.",
-    responses={
-        **UNAUTHORIZED,
-        **FORBIDDEN,
-        404: {"description": "The address is not suppressed (`suppression_not_found`)."},
-        **INVALID_ADDRESS,
-        502: {
-            "description": "SES's suppression list could not be updated (`ses_unavailable`); "
-            "the suppression stays: try again."
-        },
-    },
+    operation_id="liftSuppression",
+    responses=error_responses(
+        401,
+        403,
+        404,
+        422,
+        502,
+        503,
+        _404="The address is not suppressed (`suppression_not_found`).",
+        _422=INVALID_ADDRESS,
+        _502="SES's suppression list could not be updated (`ses_unavailable`); the "
+        "suppression stays: try again.",
+    ),
 )
 async def lift_suppression(
     email: EmailPath, request: Request, session: SessionDep, caller: AdminKeyDep
@@ -170,11 +182,15 @@ async def lift_suppression(
     "/{email:anytext}",
     response_model=RecipientRead,
     summary="Whether an address gets mail, and why",
-    responses={
-        **UNAUTHORIZED,
-        404: {"description": "tegami holds nothing about the address (`recipient_not_found`)."},
-        **INVALID_ADDRESS,
-    },
+    operation_id="getRecipient",
+    responses=error_responses(
+        401,
+        404,
+        422,
+        503,
+        _404="tegami holds nothing about the address (`recipient_not_found`).",
+        _422=INVALID_ADDRESS,
+    ),
 )
 async def get_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
@@ -191,7 +207,8 @@ async def get_recipient(
     "address that bounced or complained stays blocked. The address is also taken off SES's "
     "account-level suppression list; when SES cannot be reached the erasure still happens and "
     "`ses_suppression_list.outcome` is `failed`. Erasing an unknown address is not an error.",
-    responses={**UNAUTHORIZED, **INVALID_ADDRESS},
+    operation_id="eraseRecipient",
+    responses=error_responses(401, 422, 503, _422=INVALID_ADDRESS),
 )
 async def erase_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep

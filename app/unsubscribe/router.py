@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import SessionDep
 from app.emails.catalog import OPTIONAL_CATEGORIES, Category
+from app.errors import error_responses
 from app.recipients import service as recipients
 from app.unsubscribe.tokens import UnsubscribeClaim, read_token
 
@@ -71,6 +72,10 @@ HTML_404: dict[int | str, dict[str, Any]] = {
         "content": {"text/html": {}},
     }
 }
+
+
+# Declared so that a generated client knows the shape; a token is any text, so it cannot happen.
+_NEVER_422 = "Invalid request (`invalid_request`); any token is read, so not in practice."
 
 
 def _page(
@@ -126,7 +131,12 @@ def fingerprint(token: str) -> str:
     "/{token}",
     response_class=HTMLResponse,
     summary="The unsubscribe page (changes nothing)",
-    responses={200: {"description": "A page with one button that opts out."}, **HTML_404},
+    operation_id="showUnsubscribePage",
+    responses={
+        200: {"description": "A page with one button that opts out."},
+        **HTML_404,
+        **error_responses(422, 503, _422=_NEVER_422),
+    },
 )
 async def unsubscribe_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings
@@ -161,7 +171,12 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep) ->
     description="Any body is accepted: mail clients send `List-Unsubscribe=One-Click` as "
     "application/x-www-form-urlencoded or multipart/form-data, and the page's button sends "
     "an empty form. Idempotent.",
-    responses={200: {"description": "Opted out (now or before)."}, **HTML_404},
+    operation_id="unsubscribe",
+    responses={
+        200: {"description": "Opted out (now or before)."},
+        **HTML_404,
+        **error_responses(413, 422, 503, _422=_NEVER_422),
+    },
 )
 async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings
