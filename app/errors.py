@@ -161,17 +161,26 @@ _DESCRIPTIONS: dict[int, str] = {
 }
 
 
-def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+_ENVELOPE_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
+def error_responses(
+    *statuses: int, html_route: bool = False, **descriptions: str
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these statuses, all with the error envelope.
 
-    ``descriptions`` override the default text by status (``_404="..."``).
+    ``descriptions`` override the default text by status (``_404="..."``). ``html_route``: the
+    route answers HTML (its errors are still JSON), so the envelope is named as JSON explicitly.
     """
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         response: dict[str, Any] = {
-            "model": ErrorResponse,
-            "description": descriptions.get(f"_{status}", _DESCRIPTIONS[status]),
+            "description": descriptions.get(f"_{status}", _DESCRIPTIONS[status])
         }
+        if html_route:
+            response["content"] = _ENVELOPE_JSON
+        else:
+            response["model"] = ErrorResponse
         if status == 401:
             response["headers"] = {
                 "WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}

@@ -13,6 +13,9 @@ from app.emails.links import MAX_LINK_LENGTH
 from app.models import MessageStatus
 from app.recipients.addresses import ADDRESS_JSON_SCHEMA, check_address
 
+# PostgreSQL text holds any character but NUL.
+NO_NUL = "^[^\\u0000]*$"
+
 
 def check_storable(value: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL: refused here (422), not at the INSERT (500)."""
@@ -67,7 +70,10 @@ class EmailCreate(BaseModel):
     )
     params: BaseModel
     user_id: str | None = Field(
-        default=None, max_length=200, description="The app's own id for the user."
+        default=None,
+        max_length=200,
+        description="The app's own id for the user.",
+        json_schema_extra={"pattern": NO_NUL},
     )
 
     @field_validator("to")

@@ -135,7 +135,7 @@ def fingerprint(token: str) -> str:
     responses={
         200: {"description": "A page with one button that opts out."},
         **HTML_404,
-        **error_responses(422, 503, _422=_NEVER_422),
+        **error_responses(422, 503, html_route=True, _422=_NEVER_422),
     },
 )
 async def unsubscribe_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
@@ -175,7 +175,7 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep) ->
     responses={
         200: {"description": "Opted out (now or before)."},
         **HTML_404,
-        **error_responses(413, 422, 503, _422=_NEVER_422),
+        **error_responses(413, 422, 503, html_route=True, _422=_NEVER_422),
     },
 )
 async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
