@@ -82,7 +82,6 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INVALID_REQUEST = "invalid_request"
     INVALID_PARAMS = "invalid_params"
-    UNKNOWN_EMAIL_TYPE = "unknown_email_type"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     SES_UNAVAILABLE = "ses_unavailable"
     UNAVAILABLE = "unavailable"
