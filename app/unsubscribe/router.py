@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import SessionDep
 from app.emails.catalog import OPTIONAL_CATEGORIES, Category
+from app.emails.rendering import contact_html
 from app.errors import error_responses
 from app.recipients import service as recipients
 from app.unsubscribe.tokens import UnsubscribeClaim, read_token
@@ -88,7 +89,7 @@ def _page(
         style=_STYLE,
         content=content.substitute(escaped),
         sender_name=escaped["sender_name"],
-        contact=escaped["contact"],
+        contact_html=contact_html(settings.sender_contact),
     )
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
