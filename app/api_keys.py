@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
@@ -267,7 +267,3 @@ ApiKeyDep = Annotated[Caller, Depends(require_caller)]
 
 AdminKeyDep = Annotated[Caller, Depends(require_admin)]
 """An admin key; any other valid key gets 403 `forbidden`."""
-
-FORBIDDEN: dict[int | str, dict[str, Any]] = {
-    403: {"description": "The API key's scope does not allow this (`forbidden`); needs admin."}
-}

@@ -144,6 +144,10 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+# PostgreSQL text holds any character but NUL (a JSON Schema pattern for the OpenAPI document).
+NO_NUL = "^[^\\u0000]*$"
+
+
 def check_storable(value: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL: refused here (422), not at the INSERT (500)."""
     if value is not None and "\x00" in value:

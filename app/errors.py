@@ -7,13 +7,18 @@ Every error body has the same shape: ``{"error": {"code": ..., "message": ...}}`
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from app.models import OPTIONAL_CATEGORIES, SuppressionReason
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,135 @@ class UnsupportedMediaType(AppError):
     code = "unsupported_media_type"
 
 
+class ErrorCode(StrEnum):
+    """Every ``error.code`` an answer can carry (the contract: a client may switch on it)."""
+
+    # the API
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    EMAIL_NOT_FOUND = "email_not_found"
+    RECIPIENT_NOT_FOUND = "recipient_not_found"
+    SUPPRESSION_NOT_FOUND = "suppression_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    SUPPRESSED = "suppressed"
+    OPTED_OUT = "opted_out"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PARAMS = "invalid_params"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    CATEGORY_NOT_OPTIONAL = "category_not_optional"
+    SES_UNAVAILABLE = "ses_unavailable"
+    UNAVAILABLE = "unavailable"
+    INTERNAL_ERROR = "internal_error"
+    HTTP_ERROR = "http_error"
+    # the SNS endpoint: 400, and the reasons of its 403
+    NOT_SNS_MESSAGE = "not_sns_message"
+    UNREADABLE_SES_EVENT = "unreadable_ses_event"
+    TOPIC_NOT_ALLOWED = "topic_not_allowed"
+    CERT_URL = "cert_url"
+    CERT_NOT_VALID = "cert_not_valid"
+    BAD_SIGNATURE = "bad_signature"
+    SIGNATURE_VERSION = "signature_version"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TOO_OLD = "too_old"
+    IN_FUTURE = "in_future"
+    SUBSCRIBE_URL = "subscribe_url"
+    SUBSCRIBE_FAILED = "subscribe_failed"
+    CERTIFICATE_UNAVAILABLE = "certificate_unavailable"
+
+
+class OptedOutCategory(StrEnum):
+    """The optional categories a recipient can leave (``OPTIONAL_CATEGORIES``)."""
+
+    MATCHING = "matching"
+
+
+assert {c.value for c in OptedOutCategory} == {c.value for c in OPTIONAL_CATEGORIES}
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description='Where: `["body", "params", "reset_url"]`.')
+    msg: str
+    type: str | None = None
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(title="ErrorBody")
+
+    code: ErrorCode
+    message: str = Field(description="For people; may change. Switch on `code`.")
+    reason: SuppressionReason | OptedOutCategory | None = Field(
+        default=None,
+        description="409 `suppressed`: why the address is suppressed. 409 `opted_out`: the "
+        "category left (as `category`).",
+    )
+    category: OptedOutCategory | None = Field(
+        default=None, description="409 `opted_out`: the category the recipient left."
+    )
+    detail: list[ErrorDetail] | None = Field(
+        default=None, description="422: each field that is wrong, and why."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer of the JSON API."""
+
+    error: ErrorBody
+
+
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+_DESCRIPTIONS: dict[int, str] = {
+    400: "Not a request this endpoint can read.",
+    401: "No or unknown API key (`unauthorized`).",
+    403: "The API key's scope does not allow this (`forbidden`); needs an admin key.",
+    404: "Not found.",
+    409: "Conflict.",
+    413: "Body over 64 KiB (`payload_too_large`).",
+    415: "Body is not application/json (`unsupported_media_type`).",
+    422: "Invalid input (`invalid_request`); `detail` names each field.",
+    502: "An upstream service failed.",
+    503: "The database is away (`unavailable`): retry after `Retry-After` seconds.",
+}
+
+
+_ENVELOPE_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
+def error_responses(
+    *statuses: int, html_route: bool = False, **descriptions: str
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, all with the error envelope.
+
+    ``descriptions`` override the default text by status (``_404="..."``). ``html_route``: the
+    route answers HTML (its errors are still JSON), so the envelope is named as JSON explicitly.
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": descriptions.get(f"_{status}", _DESCRIPTIONS[status])
+        }
+        if html_route:
+            response["content"] = _ENVELOPE_JSON
+        else:
+            response["model"] = ErrorResponse
+        if status == 401:
+            response["headers"] = {
+                "WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}
+            }
+        if status == 503:
+            response["headers"] = RETRY_AFTER_HEADER
+        responses[status] = response
+    return responses
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
@@ -90,14 +224,38 @@ def _is_database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+RETRY_AFTER_SECONDS = 5
+
 # What FastAPI's HTTPException says when a JSON body cannot even be decoded.
 _BODY_NOT_DECODABLE = "There was an error parsing the body"
+
+
+NO_SUCH_TYPE = (
+    "no such type of mail; POST to /emails/verify-email, /emails/password-reset, "
+    "/emails/email-change or /emails/matching-notification"
+)
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _answers(request: Request, method: str) -> bool:
+    scope = {**request.scope, "method": method}
+    return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (RFC 9110's Allow for a 405); Starlette
+    names the methods of the first route on the path only."""
+    return [method for method in _METHODS if _answers(request, method)]
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif exc.status_code == 503:
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return JSONResponse(
             error_body(exc.code, exc.message, **exc.extra),
             status_code=exc.status_code,
@@ -128,14 +286,19 @@ def install_error_handlers(app: FastAPI) -> None:
                 ),
                 status_code=422,
             )
+        if exc.status_code == 404 and request.url.path.startswith("/emails/"):
+            message = NO_SUCH_TYPE if request.method == "POST" else "no such email"
+            return JSONResponse(error_body("not_found", message), status_code=404)
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return JSONResponse(
-            error_body(code, str(exc.detail)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = getattr(exc, "headers", None)
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+            if request.method == "POST" and request.url.path.startswith("/emails/"):
+                message = NO_SUCH_TYPE
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         # The database being away is an outage, not a bug: 503 so callers (and SNS) retry.
@@ -145,7 +308,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(
                 error_body("unavailable", "the service is temporarily unavailable"),
                 status_code=503,
-                headers={"Retry-After": "5"},
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         log.error("database error", exc_info=exc, extra={"path": request.url.path})
         return JSONResponse(error_body("internal_error", "unexpected error"), status_code=500)

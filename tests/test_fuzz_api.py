@@ -221,7 +221,8 @@ async def test_generated_requests_get_documented_answers_and_never_5xx(
     if credentials == "anonymous":
         # Without a key, no operation that needs one got past the door.
         for label in ("GET /emails/{id}", "GET /recipients/{email}", "GET /status/reputation"):
-            assert fuzzer.statuses[label] <= {401, 422}, (label, fuzzer.statuses[label])
+            # (404: a mail id that is not a UUID names no route; nothing is read.)
+            assert fuzzer.statuses[label] <= {401, 404, 422}, (label, fuzzer.statuses[label])
 
 
 async def test_requests_about_things_that_exist_get_documented_answers(
@@ -253,10 +254,12 @@ async def test_requests_about_things_that_exist_get_documented_answers(
     fuzzer = Fuzzer(client, auth)
     # A valid address and the right param name, the rest generated: the link's text, the user
     # id and the Idempotency-Key get past validation to the rules, PostgreSQL and the worker.
-    mails = _operation("POST /emails/{type}").as_strategy(path_parameters={"type": "verify-email"})
-    await fuzzer.fuzz([("POST /emails/{type} (seeded)", mails.map(_addressed), MAIL_EXAMPLES)])
+    mails = _operation("POST /emails/verify-email").as_strategy()
+    await fuzzer.fuzz(
+        [("POST /emails/verify-email (seeded)", mails.map(_addressed), MAIL_EXAMPLES)]
+    )
     fuzzer.assert_clean()
-    assert 202 in fuzzer.statuses["POST /emails/{type}"]
+    assert 202 in fuzzer.statuses["POST /emails/verify-email"]
     # Whatever the API accepted, the worker can render and send.
     await drain(client)
     async with engine.connect() as conn:
@@ -320,7 +323,7 @@ async def test_hostile_text_in_any_field_is_refused_or_kept_never_a_5xx(
     for value in HOSTILE:
         # A path carries bytes: percent-encoded UTF-8 (surrogates too, as a broken client might).
         segment = quote(value, safe="", errors="surrogatepass")
-        mail = _operation("POST /emails/{type}")
+        mail = _operation("POST /emails/verify-email")
         extras: list[dict[str, Any]] = [
             {"user_id": value},
             {"params": {"verification_url": f"https://proworks.jp/{value}"}},
@@ -329,7 +332,6 @@ async def test_hostile_text_in_any_field_is_refused_or_kept_never_a_5xx(
         for extra in extras:
             cases.append(
                 mail.Case(
-                    path_parameters={"type": "verify-email"},
                     body={**body(), **extra},
                     media_type="application/json",
                 )

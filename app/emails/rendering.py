@@ -55,6 +55,19 @@ class _Pair:
     html: Template
 
 
+_CONTACT_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def contact_html(contact: str, *, link_style: str | None = None) -> str:
+    """The support contact as HTML: escaped, each email address in it a ``mailto:`` link
+    (with ``link_style`` inline: mail clients drop style sheets; pages keep their own)."""
+    style = f' style="{link_style}"' if link_style else ""
+    return _CONTACT_ADDRESS.sub(
+        lambda m: f'<a href="mailto:{m[0]}"{style}>{m[0]}</a>',
+        html.escape(contact, quote=True),
+    )
+
+
 def _load(name: str) -> Template:
     resource = files("app.emails") / "templates" / name
     return Template(resource.read_text(encoding="utf-8"))
@@ -95,6 +108,7 @@ def render_email(
 
     text = pair.text.substitute(values) + "\n" + footer.text.substitute(values)
     escaped = {name: html.escape(value, quote=True) for name, value in values.items()}
+    escaped["sender_contact_html"] = contact_html(sender.contact, link_style="color:#1d4ed8;")
     html_body = _LAYOUT.substitute(
         subject=html.escape(kind.subject, quote=True),
         content=pair.html.substitute(escaped),

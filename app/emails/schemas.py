@@ -4,36 +4,67 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.db import check_storable
+from app.db import NO_NUL, check_storable
 from app.emails.catalog import EMAIL_KINDS
+from app.emails.links import MAX_LINK_LENGTH
 from app.models import MessageStatus
-from app.recipients.addresses import check_address
+from app.recipients.addresses import ADDRESS_JSON_SCHEMA, check_address
 
-EmailType = StrEnum("EmailType", {name.replace("-", "_"): name for name in EMAIL_KINDS})  # type: ignore[misc]
+
+def _link(description: str) -> Any:
+    # The schema says what any deployment accepts; which hosts is TEGAMI_LINK_HOSTS, checked
+    # per request by app.emails.links (422 `invalid_params`).
+    return Field(
+        description=f"{description} An https:// link on a host in TEGAMI_LINK_HOSTS.",
+        json_schema_extra={"pattern": "^https://", "maxLength": MAX_LINK_LENGTH},
+    )
+
+
+class VerifyEmailParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verification_url: str = _link("The address-verification link.")
+
+
+class PasswordResetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reset_url: str = _link("The password-reset link.")
+
+
+class EmailChangeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verification_url: str = _link("The link that confirms the new address (the recipient).")
+
+
+class MatchingNotificationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_url: str = _link("The job's page.")
 
 
 class EmailCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "to": "taro@example.com",
-                    "params": {"verification_url": "https://proworks.jp/verify?token=abc"},
-                    "user_id": "user_123",
-                }
-            ]
-        },
-    )
+    """What every send takes; each type's own body fixes ``params``."""
 
-    to: str = Field(max_length=254, description="Recipient, as the user typed it.")
-    params: dict[str, str] = Field(description="The links this type of mail needs.")
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(
+        max_length=254,
+        description="Recipient, as the user typed it (ASCII; legacy docomo/au local parts "
+        "such as `taro.@docomo.ne.jp` are accepted).",
+        json_schema_extra=dict(ADDRESS_JSON_SCHEMA),
+    )
+    params: BaseModel
     user_id: str | None = Field(
-        default=None, max_length=200, description="The app's own id for the user."
+        default=None,
+        max_length=200,
+        description="The app's own id for the user.",
+        json_schema_extra={"pattern": NO_NUL},
     )
 
     @field_validator("to")
@@ -47,9 +78,53 @@ class EmailCreate(BaseModel):
         return check_storable(value)
 
 
+def _example(params: dict[str, str]) -> dict[str, Any]:
+    return {"examples": [{"to": "taro@example.com", "params": params, "user_id": "user_123"}]}
+
+
+class VerifyEmailCreate(EmailCreate):
+    model_config = ConfigDict(
+        json_schema_extra=_example({"verification_url": "https://proworks.jp/verify?token=abc"})
+    )
+
+    params: VerifyEmailParams
+
+
+class PasswordResetCreate(EmailCreate):
+    model_config = ConfigDict(
+        json_schema_extra=_example({"reset_url": "https://proworks.jp/reset?token=abc"})
+    )
+
+    params: PasswordResetParams
+
+
+class EmailChangeCreate(EmailCreate):
+    model_config = ConfigDict(
+        json_schema_extra=_example({"verification_url": "https://proworks.jp/change?token=abc"})
+    )
+
+    params: EmailChangeParams
+
+
+class MatchingNotificationCreate(EmailCreate):
+    model_config = ConfigDict(json_schema_extra=_example({"job_url": "https://proworks.jp/jobs/1"}))
+
+    params: MatchingNotificationParams
+
+
+# The request body of each type of mail (its path is /emails/<type>).
+EMAIL_BODIES: dict[str, type[EmailCreate]] = {
+    "verify-email": VerifyEmailCreate,
+    "password-reset": PasswordResetCreate,
+    "email-change": EmailChangeCreate,
+    "matching-notification": MatchingNotificationCreate,
+}
+assert EMAIL_BODIES.keys() == EMAIL_KINDS.keys()
+
+
 class EmailAccepted(BaseModel):
     id: uuid.UUID
-    status: MessageStatus
+    status: MessageStatus = Field(description="`queued` (also when replayed).")
 
 
 class EmailEventRead(BaseModel):

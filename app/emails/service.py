@@ -99,6 +99,7 @@ async def accept(
             "the recipient unsubscribed from this category",
             code="opted_out",
             reason=kind.category,
+            category=kind.category,
         )
     if not found.inserted:
         # A concurrent retry with the same key committed first; answer as it did.

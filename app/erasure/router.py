@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from app.api_keys import ApiKeyDep
 from app.db import SessionDep
 from app.erasure import service
+from app.errors import error_responses
 from app.recipients.addresses import mask_address
-from app.recipients.router import INVALID_ADDRESS, UNAUTHORIZED, EmailPath, hash_of, ses_list_of
+from app.recipients.router import INVALID_ADDRESS, EmailPath, hash_of, ses_list_of
 from app.recipients.schemas import ErasureRead, SesSuppressionListRead
 from app.recipients.ses_list import SesListOutcome, SesUnavailable
 
@@ -29,7 +30,8 @@ router = APIRouter(prefix="/recipients", tags=["recipients"])
     "address that bounced or complained stays blocked. The address is also taken off SES's "
     "account-level suppression list; when SES cannot be reached the erasure still happens and "
     "`ses_suppression_list.outcome` is `failed`. Erasing an unknown address is not an error.",
-    responses={**UNAUTHORIZED, **INVALID_ADDRESS},
+    operation_id="eraseRecipient",
+    responses=error_responses(401, 422, 503, _422=INVALID_ADDRESS),
 )
 async def erase_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep

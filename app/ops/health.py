@@ -3,24 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is up")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class HealthRead(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessRead(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unreachable"]
+
+
+@router.get("/healthz", summary="The process is up", operation_id="getHealth")
+async def healthz() -> HealthRead:
+    return HealthRead(status="ok")
 
 
 @router.get(
     "/readyz",
+    response_model=ReadinessRead,
     summary="The database answers",
-    responses={503: {"description": "The database cannot be reached."}},
+    operation_id="getReadiness",
+    responses={
+        # A probe's answer, not an error of the API: the same body, with the state in it.
+        503: {"model": ReadinessRead, "description": "The database cannot be reached."}
+    },
 )
 async def readyz(request: Request) -> JSONResponse:
     engine: AsyncEngine = request.app.state.engine

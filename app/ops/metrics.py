@@ -73,6 +73,7 @@ async def read_outbox(engine: AsyncEngine) -> tuple[int, float]:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    operation_id="getMetrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )

@@ -2,32 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.api_keys import FORBIDDEN, AdminKeyDep
+from app.api_keys import AdminKeyDep
 from app.config import Settings
+from app.errors import error_responses
 from app.ops import doctor
-from app.ops.reputation import ReputationWatch
+from app.ops.reputation import Level, ReputationWatch
 
 router = APIRouter(prefix="/status", tags=["operations"])
 
 
+class RateRead(BaseModel):
+    rate: float = Field(description="Share of the window's sends, 0 to 1.")
+    level: Level = Field(
+        description="`ok`; `warning` at half SES's review level; `alert` at the review level; "
+        "`critical` at the level where SES may pause the account."
+    )
+    warning_at: float
+    review_at: float
+    pause_at: float
+
+
+class BounceRateRead(RateRead):
+    hard_bounces: int
+
+
+class ComplaintRateRead(RateRead):
+    complaints: int
+
+
+class SesAccountRead(BaseModel):
+    sending_enabled: bool | None
+    enforcement_status: str | None
+    production_access: bool | None
+    checked_at: datetime | None
+    error: str | None
+
+
+class ReputationRead(BaseModel):
+    counted: bool = Field(description="Enough sends in the window for the rates to count.")
+    sends_in_window: int
+    window: int
+    min_sends: int
+    bounce: BounceRateRead
+    complaint: ComplaintRateRead
+    guard: bool = Field(description="TEGAMI_REPUTATION_GUARD: hold optional mail when over.")
+    held_categories: list[str] = Field(description="Categories held now (`matching`).")
+    ses_account: SesAccountRead = Field(description="SES's GetAccount; null fields: unknown.")
+    evaluated_at: datetime | None
+
+
 @router.get(
     "/reputation",
+    response_model=ReputationRead,
     summary="Bounce and complaint rates, thresholds, holds, SES account status",
     description="Needs an admin key.",
-    responses={401: {"description": "No or unknown API key."}, **FORBIDDEN},
+    operation_id="getReputation",
+    responses=error_responses(401, 403, 503),
 )
-async def reputation(request: Request, caller: AdminKeyDep) -> dict[str, Any]:
+async def reputation(request: Request, caller: AdminKeyDep) -> ReputationRead:
     watch: ReputationWatch = request.app.state.reputation
     # Fresh numbers, so an operator never reads a stale hold.
     await watch.evaluate()
     if watch.account.checked_at is None:
         await watch.poll_account()
-    return watch.snapshot()
+    return ReputationRead.model_validate(watch.snapshot())
 
 
 class CheckRead(BaseModel):
@@ -52,7 +95,8 @@ class SetupRead(BaseModel):
     summary="Ready to send? SES account, identity, events, SNS, DNS, schema, public URL",
     description="The same checks as `tegami doctor`, asked of SES, SNS and DNS now (a few "
     "seconds). Always 200: `ready` and each check's `status` say what is missing.",
-    responses={401: {"description": "No or unknown API key."}, **FORBIDDEN},
+    operation_id="getSetup",
+    responses=error_responses(401, 403, 503),
 )
 async def setup(request: Request, caller: AdminKeyDep) -> SetupRead:
     settings: Settings = request.app.state.settings

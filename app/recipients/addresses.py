@@ -33,6 +33,23 @@ MAX_LOCAL: Final = 64
 MAX_ADDRESS: Final = 254
 
 
+# The same rule as a JSON Schema pattern (ECMA and Python regex alike), for the OpenAPI document:
+# a local part of atext and dots, bare or in double quotes, at most 62 characters so that its
+# quoted wire form fits in 64; then the domain. With ``ADDRESS_SCHEMA_MAX_LENGTH`` every string
+# that matches is accepted, and every string that does not is refused.
+_LOOSE_LOCAL_CHAR: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]"
+ADDRESS_PATTERN: Final = (
+    rf'^(?:"{_LOOSE_LOCAL_CHAR}{{1,62}}"|{_LOOSE_LOCAL_CHAR}{{1,62}})@'
+    rf"(?:{_LABEL}\.)+(?:[A-Za-z]{{2,63}}|xn--[A-Za-z0-9-]{{1,59}})$"
+)
+# 254 on the wire, where a legacy local part gains two quotes.
+ADDRESS_SCHEMA_MAX_LENGTH: Final = MAX_ADDRESS - 2
+ADDRESS_JSON_SCHEMA: Final[dict[str, str | int]] = {
+    "pattern": ADDRESS_PATTERN,
+    "maxLength": ADDRESS_SCHEMA_MAX_LENGTH,
+}
+
+
 class AddressError(ValueError):
     """Not an address tegami can send to; the message says why, for a 422."""
 

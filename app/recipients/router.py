@@ -4,19 +4,19 @@ app.erasure: it crosses the outbox too.)"""
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api_keys import FORBIDDEN, AdminKeyDep, ApiKeyDep
+from app.api_keys import AdminKeyDep, ApiKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.errors import NotFound, Unprocessable
+from app.errors import NotFound, Unprocessable, error_responses
 from app.models import Category, SuppressionReason
 from app.recipients import service
-from app.recipients.addresses import address_hash, check_address
+from app.recipients.addresses import ADDRESS_JSON_SCHEMA, address_hash, check_address
 from app.recipients.schemas import (
     AuditEventRead,
     OptOutRead,
@@ -37,14 +37,15 @@ EmailPath = Annotated[
     str,
     Path(
         max_length=254,
-        description="The address, matched case-insensitively.",
+        description="The address, matched case-insensitively; percent-encoded in the path "
+        "(`taro%40example.com`, a `/` as `%2F`). The same rule as a send's `to`.",
         examples=["taro@example.com"],
+        json_schema_extra=dict(ADDRESS_JSON_SCHEMA),
     ),
     AfterValidator(check_address),
 ]
 
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No or unknown API key."}}
-INVALID_ADDRESS: dict[int | str, dict[str, Any]] = {422: {"description": "Not an email address."}}
+INVALID_ADDRESS = "Not an email address (`invalid_request`)."
 
 
 def hash_of(request: Request, email: str) -> bytes:
@@ -86,7 +87,10 @@ async def _state(session: SessionDep, hashed: bytes) -> RecipientRead:
 class _AnyText(Convertor[str]):
     """A path parameter of any text, "/" and line breaks included; validated as a parameter."""
 
-    regex = r"[\s\S]+"
+    # Not ending in "/suppression" or "/opt-outs/<category>" (no address does: its domain holds
+    # no "/"), so those paths belong to their own routes alone, for every method (405 with
+    # their Allow).
+    regex = r"[\s\S]+(?<!/suppression)" + "".join(f"(?<!/opt-outs/{c.value})" for c in Category)
 
     def convert(self, value: str) -> str:
         return value
@@ -107,7 +111,8 @@ register_url_convertor("anytext", _AnyText())
     summary="Suppress an address by hand",
     description="No mail of any category goes to the address until the suppression is lifted. "
     "An address already suppressed keeps its first reason and cause. Needs an admin key.",
-    responses={**UNAUTHORIZED, **FORBIDDEN, **INVALID_ADDRESS},
+    operation_id="suppressRecipient",
+    responses=error_responses(401, 403, 422, 503, _422=INVALID_ADDRESS),
 )
 async def suppress_recipient(
     email: EmailPath,
@@ -131,6 +136,9 @@ async def suppress_recipient(
 CategoryPath = Annotated[
     Category,
     Path(description="An optional category (`matching`); account mail cannot be opted out of."),
+    # Documented as the optional categories alone; `account` is still read, to answer 422
+    # `category_not_optional` rather than a bare "not a valid value".
+    WithJsonSchema({"$ref": "#/components/schemas/OptedOutCategory"}),
 ]
 
 
@@ -145,13 +153,10 @@ async def _opt_out_target(
     return hash_of(request, email)
 
 
-OPT_OUT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **UNAUTHORIZED,
-    422: {
-        "description": "Not an email address, an unknown category, or an account category "
-        "(`category_not_optional`)."
-    },
-}
+_OPT_OUT_422 = (
+    "Not an email address, an unknown category (`invalid_request`), or an account category "
+    "(`category_not_optional`)."
+)
 
 
 @router.put(
@@ -160,7 +165,8 @@ OPT_OUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Opt an address out of a category (the app's settings screen)",
     description="Idempotent. Recorded in the audit trail with the API key's name, and told to "
     "the app as `recipient.opted_out` (when it changed something).",
-    responses=OPT_OUT_RESPONSES,
+    operation_id="optOut",
+    responses=error_responses(401, 422, 503, _422=_OPT_OUT_422),
 )
 async def put_opt_out(
     email: EmailPath,
@@ -185,10 +191,15 @@ async def put_opt_out(
     description="Idempotent: an address not opted out is left as it is. Recorded in the audit "
     "trail with the API key's name, and told to the app as `recipient.opted_in` (when it "
     "changed something).",
-    responses={
-        **OPT_OUT_RESPONSES,
-        404: {"description": "tegami holds nothing about the address (`recipient_not_found`)."},
-    },
+    operation_id="liftOptOut",
+    responses=error_responses(
+        401,
+        404,
+        422,
+        503,
+        _404="tegami holds nothing about the address (`recipient_not_found`).",
+        _422=_OPT_OUT_422,
+    ),
 )
 async def delete_opt_out(
     email: EmailPath,
@@ -220,16 +231,19 @@ def ses_list_of(request: Request) -> SesSuppressionList:
     "The address is taken off SES's account-level suppression list first (SES drops mail to "
     "an address on it): when SES cannot be asked, nothing changes and the answer is 502. "
     "Needs an admin key.",
-    responses={
-        **UNAUTHORIZED,
-        **FORBIDDEN,
-        404: {"description": "The address is not suppressed (`suppression_not_found`)."},
-        **INVALID_ADDRESS,
-        502: {
-            "description": "SES's suppression list could not be updated (`ses_unavailable`); "
-            "the suppression stays: try again."
-        },
-    },
+    operation_id="liftSuppression",
+    responses=error_responses(
+        401,
+        403,
+        404,
+        422,
+        502,
+        503,
+        _404="The address is not suppressed (`suppression_not_found`).",
+        _422=INVALID_ADDRESS,
+        _502="SES's suppression list could not be updated (`ses_unavailable`); the "
+        "suppression stays: try again.",
+    ),
 )
 async def lift_suppression(
     email: EmailPath, request: Request, session: SessionDep, caller: AdminKeyDep
@@ -249,11 +263,15 @@ async def lift_suppression(
     "/{email:anytext}",
     response_model=RecipientRead,
     summary="Whether an address gets mail, and why",
-    responses={
-        **UNAUTHORIZED,
-        404: {"description": "tegami holds nothing about the address (`recipient_not_found`)."},
-        **INVALID_ADDRESS,
-    },
+    operation_id="getRecipient",
+    responses=error_responses(
+        401,
+        404,
+        422,
+        503,
+        _404="tegami holds nothing about the address (`recipient_not_found`).",
+        _422=INVALID_ADDRESS,
+    ),
 )
 async def get_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep

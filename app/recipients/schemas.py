@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.db import check_storable
+from app.db import NO_NUL, check_storable
 from app.models import SuppressionReason
 from app.recipients.ses_list import SesListOutcome
 
@@ -58,7 +58,12 @@ class SuppressionCreate(BaseModel):
     reason: Literal["manual"] = Field(
         default="manual", description="Only `manual`: the other reasons come from SES feedback."
     )
-    detail: str | None = Field(default=None, max_length=1000, description="Why, for the record.")
+    detail: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Why, for the record.",
+        json_schema_extra={"pattern": NO_NUL},
+    )
 
     @field_validator("detail")
     @classmethod

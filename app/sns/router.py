@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app.config import Settings
 from app.db import driver_connection
-from app.errors import AppError
+from app.errors import AppError, error_responses
 from app.ops.metrics import SNS_MESSAGES
 from app.sns import feedback, service
 from app.sns.service import SnsOutcome
@@ -57,13 +56,6 @@ class SnsReceipt(BaseModel):
     )
 
 
-def _error(code: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"example": {"error": {"code": code, "message": "..."}}}},
-    }
-
-
 _SNS_EXAMPLE = {
     "Type": "Notification",
     "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
@@ -96,30 +88,24 @@ _SNS_EXAMPLE = {
             },
         }
     },
-    responses={
-        400: _error(
-            "not_sns_message",
-            "Not an SNS message (malformed JSON, missing fields, wrong types): "
-            "`not_sns_message`; or a verified SES bounce, complaint, delivery, reject or "
-            "rendering failure that cannot be read: `unreadable_ses_event`.",
-        ),
-        403: _error(
-            "bad_signature",
-            "Verification failed; `error.code` says why: `topic_not_allowed`, `cert_url`, "
-            "`cert_not_valid`, `bad_signature`, `signature_version`, "
-            "`bad_timestamp`, `too_old`, `in_future`, or `subscribe_url` (a "
-            "SubscriptionConfirmation whose SubscribeURL is not an SNS confirmation URL).",
-        ),
-        413: {"description": "Body over 64 KiB."},
-        502: _error(
-            "subscribe_failed", "Could not confirm the subscription with SNS; SNS retries."
-        ),
-        503: _error(
-            "unavailable",
-            "The database is down (`unavailable`), or AWS's signing certificate could not be "
-            "fetched (`certificate_unavailable`); SNS retries.",
-        ),
-    },
+    operation_id="receiveSesEvent",
+    responses=error_responses(
+        400,
+        403,
+        413,
+        502,
+        503,
+        _400="Not an SNS message (malformed JSON, missing fields, wrong types): "
+        "`not_sns_message`; or a verified SES bounce, complaint, delivery, reject or "
+        "rendering failure that cannot be read: `unreadable_ses_event`.",
+        _403="Verification failed; `error.code` says why: `topic_not_allowed`, `cert_url`, "
+        "`cert_not_valid`, `bad_signature`, `signature_version`, "
+        "`bad_timestamp`, `too_old`, `in_future`, or `subscribe_url` (a "
+        "SubscriptionConfirmation whose SubscribeURL is not an SNS confirmation URL).",
+        _502="Could not confirm the subscription with SNS (`subscribe_failed`); SNS retries.",
+        _503="The database is down (`unavailable`), or AWS's signing certificate could not be "
+        "fetched (`certificate_unavailable`); SNS retries.",
+    ),
 )
 async def receive_ses_event(request: Request) -> SnsReceipt:
     settings: Settings = request.app.state.settings

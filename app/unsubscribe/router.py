@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import SessionDep
+from app.emails.rendering import contact_html
+from app.errors import error_responses
 from app.models import OPTIONAL_CATEGORIES, Category
 from app.recipients import service as recipients
 from app.unsubscribe.tokens import UnsubscribeClaim, read_token
@@ -74,6 +76,10 @@ HTML_404: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Declared so that a generated client knows the shape; a token is any text, so it cannot happen.
+_NEVER_422 = "Invalid request (`invalid_request`); any token is read, so not in practice."
+
+
 def _page(
     settings: Settings, *, title: str, content: Template, status: int, **values: str
 ) -> HTMLResponse:
@@ -84,7 +90,7 @@ def _page(
         style=_STYLE,
         content=content.substitute(escaped),
         sender_name=escaped["sender_name"],
-        contact=escaped["contact"],
+        contact_html=contact_html(settings.sender_contact),
     )
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
@@ -127,7 +133,12 @@ def fingerprint(token: str) -> str:
     "/{token}",
     response_class=HTMLResponse,
     summary="The unsubscribe page (changes nothing)",
-    responses={200: {"description": "A page with one button that opts out."}, **HTML_404},
+    operation_id="showUnsubscribePage",
+    responses={
+        200: {"description": "A page with one button that opts out."},
+        **HTML_404,
+        **error_responses(422, 503, html_route=True, _422=_NEVER_422),
+    },
 )
 async def unsubscribe_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings
@@ -163,7 +174,12 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep) ->
     description="Any body is accepted: mail clients send `List-Unsubscribe=One-Click` as "
     "application/x-www-form-urlencoded or multipart/form-data, and the page's button sends "
     "an empty form. Idempotent.",
-    responses={200: {"description": "Opted out (now or before)."}, **HTML_404},
+    operation_id="unsubscribe",
+    responses={
+        200: {"description": "Opted out (now or before)."},
+        **HTML_404,
+        **error_responses(413, 422, 503, html_route=True, _422=_NEVER_422),
+    },
 )
 async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings
@@ -208,7 +224,12 @@ async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTML
     response_class=HTMLResponse,
     summary="Undo an opt-out (the done page's 「配信を再開する」 button)",
     description="The same token as the unsubscribe link. Idempotent.",
-    responses={200: {"description": "Opted back in (now or before)."}, **HTML_404},
+    operation_id="resubscribe",
+    responses={
+        200: {"description": "Opted back in (now or before)."},
+        **HTML_404,
+        **error_responses(413, 422, 503, html_route=True, _422=_NEVER_422),
+    },
 )
 async def resubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     settings: Settings = request.app.state.settings

@@ -37,7 +37,9 @@ WORKER_STATUSES = ("sent", "failed", "expired", "held")
 
 
 class EmailEventData(BaseModel):
-    email_id: uuid.UUID = Field(description="The id `POST /emails/{type}` answered with.")
+    email_id: uuid.UUID = Field(
+        description="The id the send (`POST /emails/<type>`) answered with."
+    )
     type: str = Field(description="The email type, as in the path it was sent with.")
     user_id: str | None = Field(description="The app's own user id, when it gave one.")
     address: str | None = Field(description="The recipient, as the app gave it (null if erased).")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from app.api_keys import FORBIDDEN, AdminKeyDep
+from app.api_keys import AdminKeyDep
 from app.db import SessionDep
+from app.errors import error_responses
 from app.models import WebhookDelivery
 from app.webhooks import deliveries
 from app.webhooks.deliveries import DeliveryStatus
@@ -39,7 +41,8 @@ def _read(row: WebhookDelivery) -> WebhookDeliveryRead:
     summary="The events posted (or to be posted) to TEGAMI_WEBHOOK_URL, newest first",
     description="`status=failed`: the events the app never acknowledged within the retry "
     "schedule; `tegami webhooks replay --since TIME` sends them again. Needs an admin key.",
-    responses={401: {"description": "No or unknown API key."}, **FORBIDDEN},
+    operation_id="listWebhookDeliveries",
+    responses=error_responses(401, 403, 422, 503, _422="`status` or `limit` not valid."),
 )
 async def list_deliveries(
     session: SessionDep,
@@ -69,5 +72,17 @@ def register_webhooks(webhooks: APIRouter) -> None:
             + " Signed as the Standard Webhooks specification says (headers `webhook-id`, "
             "`webhook-timestamp`, `webhook-signature`). Answer 2xx within 10 s; anything else "
             "is retried, with the same `webhook-id`, for more than a day.",
-            operation_id=f"webhook_{event_type.value.replace('.', '_')}",
+            # `email.sent` -> `emailSent`: lowerCamelCase like every operation.
+            operation_id=_camel(event_type.value),
+            status_code=204,
+            responses={
+                204: {"description": "Received (any 2xx will do)."},
+                # The app's own refusals: any non-2xx is retried with the same webhook-id.
+                "default": {"description": "Anything else: tegami retries."},
+            },
         )(receive)
+
+
+def _camel(name: str) -> str:
+    first, *rest = re.split(r"[._]", name)
+    return first + "".join(part.capitalize() for part in rest)

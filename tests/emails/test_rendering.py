@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import html
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
@@ -166,13 +167,15 @@ def test_matching_notification_names_the_sender() -> None:
     page = _body(message, "html")
 
     for line in (
-        f"送信者：{SENDER.name}",
-        f"住所：{SENDER.postal_address}",
-        f"お問い合わせ先：{SENDER.contact}",
+        f"送信者: {SENDER.name}",
+        f"住所: {SENDER.postal_address}",
+        f"お問い合わせ先: {SENDER.contact}",
     ):
         assert line in text.splitlines()
     for value in (SENDER.name, SENDER.postal_address, SENDER.contact):
         assert html.escape(value) in page
+    # The contact can be written to in one tap.
+    assert f'href="mailto:{SENDER.contact}"' in page
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -298,3 +301,28 @@ def test_date_header_keeps_the_offset_it_was_given() -> None:
 
     assert message["Date"].endswith("+0900")
     assert parsedate_to_datetime(message["Date"]).astimezone(UTC) == NOW.astimezone(UTC)
+
+
+# Japanese text (kana, kanji, full-width punctuation) right against a link tag: SpamAssassin's
+# HTML_OBFUSCATE rules fire on `、<a>こちら</a>から`.
+_JAPANESE = "[\u3000-\u30ff\u3400-\u9fff\uff00-\uffef]"
+_GLUED = re.compile(
+    f"{_JAPANESE}<a\\b|</a>{_JAPANESE}|<a\\b[^>]*>[^<]*{_JAPANESE}[^<]*</a>{_JAPANESE}"
+)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_link_is_glued_to_japanese_text(kind: EmailKind) -> None:
+    page = _body(_parse(_render(kind)), "html")
+
+    assert page.count("<a ") >= 2
+    assert not _GLUED.search(page), _GLUED.findall(page)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_spelling_and_one_colon_style(kind: EmailKind) -> None:
+    message = _parse(_render(kind))
+    for body in (_body(message, "plain"), _body(message, "html")):
+        assert "お客さま" not in body
+        # Labels as the seed writes them ("件名: "): an ASCII colon and a space.
+        assert "：" not in body

@@ -1,4 +1,4 @@
-"""POST /emails/{type} and GET /emails/{id}, through HTTP, with moto's SES behind the worker."""
+"""POST /emails/<type> and GET /emails/{id}, through HTTP, with moto's SES behind the worker."""
 
 from __future__ import annotations
 
@@ -150,9 +150,13 @@ async def test_invalid_request_is_422_and_names_the_field(
     assert await drain(client) == 0
 
 
-async def test_unknown_type_is_422(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+async def test_unknown_type_is_404_naming_the_types(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    # One static path per type: an unknown type is no resource at all.
     answer = await client.post("/emails/newsletter", json=body(), headers=auth)
-    assert answer.status_code == 422
+    assert answer.status_code == 404
+    assert "/emails/password-reset" in answer.json()["error"]["message"]
 
 
 async def test_malformed_json_is_422_not_500(

@@ -174,6 +174,20 @@ async def test_forged_or_edited_token_is_a_404_page_naming_no_address(
     assert (await send(client, auth, "matching-notification")).status_code == 202
 
 
+async def test_pages_link_the_contact_and_spell_as_the_mails_do(
+    client: httpx.AsyncClient, auth: dict[str, str], ses: MotoSes
+) -> None:
+    link = await unsubscribe_link(client, auth, ses)
+    path = urlsplit(link).path
+    for answer in (
+        await client.get(path),
+        await client.post(path, data=ONE_CLICK),
+        await client.get("/unsubscribe/not-a-token"),
+    ):
+        assert 'お問い合わせ先: <a href="mailto:support@proworks.jp">' in answer.text
+        assert "お客さま" not in answer.text and "：" not in answer.text
+
+
 async def test_link_of_an_unknown_recipient_is_a_404(client: httpx.AsyncClient) -> None:
     # Signed with the real secret, for a recipient that never existed.
     token = make_token(
