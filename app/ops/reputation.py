@@ -46,10 +46,14 @@ log = logging.getLogger(__name__)
 # A verdict changed in one replica: the others evaluate at once (payload: the process).
 REPUTATION_CHANNEL = "tegami_reputation"
 
+# SES's levels (a review, a pause), and ours at half the review level. The levels of the
+# watch share the words: warning, alert (review), critical (pause).
 BOUNCE_REVIEW = 0.05
 BOUNCE_PAUSE = 0.10
 COMPLAINT_REVIEW = 0.001
 COMPLAINT_PAUSE = 0.005
+BOUNCE_WARNING = BOUNCE_REVIEW / 2
+COMPLAINT_WARNING = COMPLAINT_REVIEW / 2
 EVALUATE_SECONDS = 15.0
 ACCOUNT_POLL_SECONDS = 60.0
 
@@ -273,17 +277,17 @@ class ReputationWatch:
                 "rate": self.rates.bounce_rate,
                 "hard_bounces": self.rates.hard_bounces,
                 "level": self.verdict.bounce,
-                "warning_at": BOUNCE_REVIEW / 2,
-                "review_at": BOUNCE_REVIEW,
-                "pause_at": BOUNCE_PAUSE,
+                "warning_at": BOUNCE_WARNING,
+                "alert_at": BOUNCE_REVIEW,
+                "critical_at": BOUNCE_PAUSE,
             },
             "complaint": {
                 "rate": self.rates.complaint_rate,
                 "complaints": self.rates.complaints,
                 "level": self.verdict.complaint,
-                "warning_at": COMPLAINT_REVIEW / 2,
-                "review_at": COMPLAINT_REVIEW,
-                "pause_at": COMPLAINT_PAUSE,
+                "warning_at": COMPLAINT_WARNING,
+                "alert_at": COMPLAINT_REVIEW,
+                "critical_at": COMPLAINT_PAUSE,
             },
             "guard": self.settings.reputation_guard,
             "held_categories": sorted(OPTIONAL_CATEGORIES) if self.verdict.hold else [],

@@ -19,12 +19,14 @@ router = APIRouter(prefix="/status", tags=["operations"])
 class RateRead(BaseModel):
     rate: float = Field(description="Share of the window's sends, 0 to 1.")
     level: Level = Field(
-        description="`ok`; `warning` at half SES's review level; `alert` at the review level; "
-        "`critical` at the level where SES may pause the account."
+        description="`ok`, `warning`, `alert` or `critical`: the highest of the thresholds "
+        "below that the rate reached."
     )
-    warning_at: float
-    review_at: float
-    pause_at: float
+    warning_at: float = Field(description="Half of SES's review level: a warning in the log.")
+    alert_at: float = Field(
+        description="SES's review level: an alert, and optional mail held by the guard."
+    )
+    critical_at: float = Field(description="Where SES may pause the account's sending.")
 
 
 class BounceRateRead(RateRead):

@@ -135,14 +135,22 @@ def test_ses_reputation_alarms_use_the_reputation_modules_levels(
             assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
             thresholds.setdefault(alarm["MetricName"], []).append(float(alarm["Threshold"]))
     review = {
-        "Reputation.BounceRate": (reputation.BOUNCE_REVIEW, reputation.BOUNCE_PAUSE),
-        "Reputation.ComplaintRate": (reputation.COMPLAINT_REVIEW, reputation.COMPLAINT_PAUSE),
+        "Reputation.BounceRate": (
+            reputation.BOUNCE_WARNING,
+            reputation.BOUNCE_REVIEW,
+            reputation.BOUNCE_PAUSE,
+        ),
+        "Reputation.ComplaintRate": (
+            reputation.COMPLAINT_WARNING,
+            reputation.COMPLAINT_REVIEW,
+            reputation.COMPLAINT_PAUSE,
+        ),
     }
     assert set(thresholds) == set(review)
-    for metric, (at_review, at_pause) in review.items():
+    for metric, (at_warning, at_review, at_pause) in review.items():
         warning, alert = sorted(thresholds[metric])
         assert alert == at_review
-        assert warning == at_review / 2
+        assert warning == at_warning
         # The alarms fire exactly where tegami's own levels change (level_of counts >=).
         for threshold, level in ((warning, Level.WARNING), (alert, Level.ALERT)):
             assert level_of(threshold, review=at_review, pause=at_pause) is level

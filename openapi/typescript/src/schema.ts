@@ -654,14 +654,23 @@ export interface components {
              * @description Share of the window's sends, 0 to 1.
              */
             rate: number;
-            /** @description `ok`; `warning` at half SES's review level; `alert` at the review level; `critical` at the level where SES may pause the account. */
+            /** @description `ok`, `warning`, `alert` or `critical`: the highest of the thresholds below that the rate reached. */
             level: components["schemas"]["Level"];
-            /** Warning At */
+            /**
+             * Warning At
+             * @description Half of SES's review level: a warning in the log.
+             */
             warning_at: number;
-            /** Review At */
-            review_at: number;
-            /** Pause At */
-            pause_at: number;
+            /**
+             * Alert At
+             * @description SES's review level: an alert, and optional mail held by the guard.
+             */
+            alert_at: number;
+            /**
+             * Critical At
+             * @description Where SES may pause the account's sending.
+             */
+            critical_at: number;
             /** Hard Bounces */
             hard_bounces: number;
         };
@@ -697,14 +706,23 @@ export interface components {
              * @description Share of the window's sends, 0 to 1.
              */
             rate: number;
-            /** @description `ok`; `warning` at half SES's review level; `alert` at the review level; `critical` at the level where SES may pause the account. */
+            /** @description `ok`, `warning`, `alert` or `critical`: the highest of the thresholds below that the rate reached. */
             level: components["schemas"]["Level"];
-            /** Warning At */
+            /**
+             * Warning At
+             * @description Half of SES's review level: a warning in the log.
+             */
             warning_at: number;
-            /** Review At */
-            review_at: number;
-            /** Pause At */
-            pause_at: number;
+            /**
+             * Alert At
+             * @description SES's review level: an alert, and optional mail held by the guard.
+             */
+            alert_at: number;
+            /**
+             * Critical At
+             * @description Where SES may pause the account's sending.
+             */
+            critical_at: number;
             /** Complaints */
             complaints: number;
         };
