@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import text
+from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import MailBackend, Settings
@@ -38,6 +38,8 @@ REQUIRED_EVENTS = ("BOUNCE", "COMPLAINT", "DELIVERY")
 # history shows neither SES's acceptance nor delays.
 RECOMMENDED_EVENTS = ("SEND", "REJECT", "DELIVERY_DELAY", "RENDERING_FAILURE")
 PUBLIC_URL_TIMEOUT = 5.0
+# Alembic's own table: the schema revision the database is at.
+_ALEMBIC_VERSION = table("alembic_version", column("version_num"))
 
 
 class Status(StrEnum):
@@ -389,9 +391,7 @@ async def check_database(engine: AsyncEngine) -> Check:
     heads = alembic_heads()
     try:
         async with engine.connect() as conn:
-            current = set(
-                (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars()
-            )
+            current = set((await conn.execute(select(_ALEMBIC_VERSION.c.version_num))).scalars())
     except Exception as exc:  # unreachable, or never migrated: both are the operator's to fix
         return fail(
             name,

@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 router = APIRouter(tags=["health"])
@@ -43,7 +43,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         async with asyncio.timeout(3):
             async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+                await conn.execute(select(1))
     except Exception:
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
     return JSONResponse({"status": "ok", "database": "ok"})

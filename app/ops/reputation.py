@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import exists, func, select, text
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
@@ -198,8 +198,7 @@ class ReputationWatch:
             if verdict.hold != previous.hold:
                 # Other replicas hold (or release) at once, not at their next round.
                 await conn.execute(
-                    text("SELECT pg_notify(:channel, :origin)"),
-                    {"channel": REPUTATION_CHANNEL, "origin": outbox.PROCESS_ORIGIN},
+                    select(func.pg_notify(REPUTATION_CHANNEL, outbox.PROCESS_ORIGIN))
                 )
         await self._announce(previous, verdict)
         return verdict
