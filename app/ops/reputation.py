@@ -55,6 +55,7 @@ COMPLAINT_PAUSE = 0.005
 BOUNCE_WARNING = BOUNCE_REVIEW / 2
 COMPLAINT_WARNING = COMPLAINT_REVIEW / 2
 EVALUATE_SECONDS = 15.0
+NUDGE_INTERVAL_SECONDS = 1.0
 ACCOUNT_POLL_SECONDS = 60.0
 
 
@@ -163,6 +164,7 @@ class ReputationWatch:
     _last_account_poll: float = 0.0
     _evaluating: asyncio.Task[None] | None = None
     _again: bool = False
+    _nudged_at: float = 0.0
 
     @property
     def holding(self) -> bool:
@@ -213,6 +215,12 @@ class ReputationWatch:
 
     async def _evaluate_nudged(self) -> None:
         while True:
+            # At most one nudged evaluation a second: under a burst of feedback the rates are
+            # read once, not once per event (on the SNS path that cost a fifth of its rate).
+            wait = self._nudged_at + NUDGE_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._nudged_at = time.monotonic()
             self._again = False
             try:
                 await self.evaluate()
