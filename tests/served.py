@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 class ServedTegami:
-    def __init__(self, database_url: str, workdir: Path) -> None:
+    def __init__(
+        self, database_url: str, workdir: Path, *, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.mailbox = workdir / "mailbox"
@@ -43,6 +45,7 @@ class ServedTegami:
             "TEGAMI_MAIL_BACKEND": "mailbox",
             "TEGAMI_MAILBOX_DIR": str(self.mailbox),
             "TEGAMI_MAX_SEND_RATE": "200",
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 

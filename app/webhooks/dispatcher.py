@@ -4,6 +4,13 @@ Webhooks specification says, until the app answers 2xx or the schedule ends.
 It runs in its own task with its own HTTP client, connection use and concurrency limit, so a
 slow or dead endpoint never slows sending or SNS intake. Any number of replicas run it: each
 claims due events with ``SKIP LOCKED`` (``app.webhooks.deliveries``).
+
+Nothing the app's endpoint does can hold it up: each post has one deadline for the whole
+exchange (a receiver dripping a byte a second is cut off like a silent one), at most a few KiB
+of the answer are read (a huge body is never buffered), and each post is its own task, so a
+slow one only takes one of the ``TEGAMI_WEBHOOK_CONCURRENCY`` slots while the others go on. On
+shutdown, posts still running after a short grace are cut and handed back at once (the app
+deduplicates on ``webhook-id``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,13 @@ log = logging.getLogger(__name__)
 # setting (TEGAMI_WEBHOOK_FIRST_RETRY_SECONDS) so tests and development need not wait.
 LATER_STEPS = (300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 IDLE_POLL_SECONDS = 1.0
+# Of the app's answer only the status counts; a little of the body is kept for the operator.
+MAX_ANSWER_BYTES = 4096
+# On shutdown, posts in flight get this long to end before they are cut and handed back.
+SHUTDOWN_GRACE_SECONDS = 2.0
+# Handing a cut post back is one short statement; a database that is away does not hold
+# shutdown either (the claim's lease then runs out on its own).
+RELEASE_SECONDS = 2.0
 
 
 def retry_schedule(first: float) -> tuple[float, ...]:
@@ -69,8 +83,9 @@ async def post_event(
     sign: Webhook,
     message_id: str,
     payload: str,
-    timeout: float,  # noqa: ASYNC109 (httpx's own per-request timeout)
+    timeout: float,  # noqa: ASYNC109 (the deadline of the whole exchange)
 ) -> Answer:
+    """One signed post, over within ``timeout`` seconds whatever the receiver does."""
     now = datetime.now(UTC)
     headers = {
         "content-type": "application/json",
@@ -78,14 +93,35 @@ async def post_event(
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": sign.sign(message_id, now, payload),
         "user-agent": "tegami-webhooks",
+        # The raw bytes are read (a compressed body could grow past any bound once decoded).
+        "accept-encoding": "identity",
     }
     try:
-        response = await http.post(url, content=payload.encode(), headers=headers, timeout=timeout)
-    except httpx.TimeoutException:
+        # httpx's timeouts are per connect, write and read: a receiver sending a byte every
+        # few seconds never trips them. One deadline covers the whole exchange instead.
+        async with asyncio.timeout(timeout):
+            request = http.build_request("POST", url, content=payload.encode(), headers=headers)
+            response = await http.send(request, stream=True)
+            try:
+                head = await _read_at_most(response, MAX_ANSWER_BYTES)
+            finally:
+                # Closing a response not read to its end drops the connection (no draining).
+                await response.aclose()
+    except TimeoutError:
         return Answer(None, f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
         return Answer(None, f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
-    return Answer(response.status_code, response.text[:300])
+    return Answer(response.status_code, head.decode("utf-8", "replace")[:300])
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of the body, as sent; the rest is never read."""
+    head = bytearray()
+    async for chunk in response.aiter_raw():
+        head += chunk[: limit - len(head)]
+        if len(head) >= limit:
+            break
+    return bytes(head)
 
 
 async def send_test(settings: Settings, *, http: httpx.AsyncClient) -> Answer:
@@ -115,40 +151,91 @@ class WebhookDispatcher:
         self.timeout = settings.webhook_timeout_seconds
         self.concurrency = settings.webhook_concurrency
         self.schedule = retry_schedule(settings.webhook_first_retry_seconds)
-        # Long enough for every post of a round to end before another replica may retry.
+        # Long enough for a post to end (its deadline) before another replica may retry.
         self.lease = self.timeout * 2 + 30.0
         self.poll = min(IDLE_POLL_SECONDS, settings.webhook_first_retry_seconds)
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with httpx.AsyncClient(follow_redirects=False) as http:
-            while not stopping.is_set():
-                try:
-                    busy = await self.round(http)
-                except Exception:
-                    log.exception("webhook delivery round failed", extra={"event": "webhooks"})
-                    busy = False
-                if not busy:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), self.poll)
+            try:
+                while not stopping.is_set():
+                    try:
+                        more = await self.fill(http)
+                    except Exception:
+                        log.exception("webhook delivery round failed", extra={"event": "webhooks"})
+                        more = False
+                    # All slots busy: on as soon as one frees. Else, more may be due at once
+                    # (a full claim) or only at the next poll.
+                    if len(self.in_flight) >= self.concurrency:
+                        await self._wait(stopping, self._slot_freed, None)
+                    elif not more:
+                        await self._wait(stopping, None, self.poll)
+            finally:
+                await self._stop_posts()
 
-    async def round(self, http: httpx.AsyncClient) -> bool:
-        """Post the events due now (up to the concurrency limit); True if there were any."""
+    async def fill(self, http: httpx.AsyncClient) -> bool:
+        """Claim due events for the free slots and start a post for each; True if every free
+        slot was filled (more may be due)."""
+        free = self.concurrency - len(self.in_flight)
+        if free <= 0:
+            return True
         async with self.engine.begin() as connection:
-            due = await deliveries.claim_due(connection, limit=self.concurrency, lease=self.lease)
-        if not due:
-            return False
-        await asyncio.gather(*(self.deliver(http, event) for event in due))
-        return True
+            due = await deliveries.claim_due(connection, limit=free, lease=self.lease)
+        for event in due:
+            task = asyncio.create_task(self.deliver(http, event))
+            self.in_flight.add(task)
+            task.add_done_callback(self._done)
+        return len(due) == free
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "webhook post failed",
+                exc_info=task.exception(),
+                extra={"event": "webhooks"},
+            )
+
+    async def _wait(
+        self, stopping: asyncio.Event, freed: asyncio.Event | None, within: float | None
+    ) -> None:
+        """Until stopping, a slot frees (when ``freed``), or ``within`` seconds pass."""
+        waits = {asyncio.ensure_future(stopping.wait())}
+        if freed is not None:
+            freed.clear()
+            waits.add(asyncio.ensure_future(freed.wait()))
+        try:
+            await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    async def _stop_posts(self) -> None:
+        """A short grace for the posts in flight, then cut the rest (each hands itself back)."""
+        if not self.in_flight:
+            return
+        _, running = await asyncio.wait(set(self.in_flight), timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def deliver(self, http: httpx.AsyncClient, due: Due) -> None:
-        answer = await post_event(
-            http,
-            url=self.url,
-            sign=self.sign,
-            message_id=webhook_id(due.id),
-            payload=body(event_type=due.type, created_at=due.created_at, data=due.data),
-            timeout=self.timeout,
-        )
+        try:
+            answer = await post_event(
+                http,
+                url=self.url,
+                sign=self.sign,
+                message_id=webhook_id(due.id),
+                payload=body(event_type=due.type, created_at=due.created_at, data=due.data),
+                timeout=self.timeout,
+            )
+        except asyncio.CancelledError:
+            await self._hand_back(due)
+            raise
         next_at: datetime | None = None
         if answer.ok:
             status, outcome = DeliveryStatus.DELIVERED, "delivered"
@@ -182,3 +269,16 @@ class WebhookDispatcher:
                 last_error=None if answer.ok else answer.detail,
                 next_attempt_at=next_at,
             )
+
+    async def _hand_back(self, due: Due) -> None:
+        """Cut by shutdown: due again now, for any replica (not after the lease)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(RELEASE_SECONDS), self.engine.begin() as connection:
+                await deliveries.record_attempt(
+                    connection,
+                    due=due,
+                    status=DeliveryStatus.PENDING,
+                    last_status=None,
+                    last_error="cut by a shutdown mid-post",
+                    next_attempt_at=datetime.now(UTC),
+                )
