@@ -43,6 +43,7 @@ class Subscription:
     endpoint: str
     protocol: str = "https"
     confirmed: bool = True
+    raw_message_delivery: bool = False
 
     def arn(self, topic: str) -> str:
         return f"{topic}:{uuid.uuid5(uuid.NAMESPACE_URL, self.endpoint)}"
@@ -257,6 +258,8 @@ class FakeAws:
     # -- SNS (query protocol) ---------------------------------------------------------------
 
     def sns(self, form: dict[str, str]) -> tuple[int, str]:
+        if form.get("Action") == "GetSubscriptionAttributes":
+            return self._subscription_attributes(form.get("SubscriptionArn", ""))
         if form.get("Action") != "ListSubscriptionsByTopic":
             return 400, _sns_error("InvalidAction", "not implemented by the fake")
         topic = form.get("TopicArn", "")
@@ -281,6 +284,36 @@ class FakeAws:
             "</ListSubscriptionsByTopicResult>"
             f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
             "</ListSubscriptionsByTopicResponse>"
+        )
+
+    def _subscription_attributes(self, arn: str) -> tuple[int, str]:
+        found = [
+            (topic, s)
+            for topic, subscriptions in self.topics.items()
+            for s in subscriptions
+            if s.confirmed and s.arn(topic) == arn
+        ]
+        if not found:
+            return 404, _sns_error("NotFound", "Subscription does not exist")
+        topic, subscription = found[0]
+        attributes = {
+            "SubscriptionArn": arn,
+            "TopicArn": topic,
+            "Protocol": subscription.protocol,
+            "Endpoint": subscription.endpoint,
+            "PendingConfirmation": "false",
+            "RawMessageDelivery": "true" if subscription.raw_message_delivery else "false",
+        }
+        entries = "".join(
+            f"<entry><key>{escape(k)}</key><value>{escape(v)}</value></entry>"
+            for k, v in attributes.items()
+        )
+        return 200, (
+            '<GetSubscriptionAttributesResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
+            f"<GetSubscriptionAttributesResult><Attributes>{entries}</Attributes>"
+            "</GetSubscriptionAttributesResult>"
+            f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+            "</GetSubscriptionAttributesResponse>"
         )
 
 

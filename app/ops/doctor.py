@@ -296,8 +296,18 @@ async def _subscriptions(sns: SNSClient, topic: str) -> list[dict[str, Any]]:
             return found
 
 
+async def _raw_delivery(sns: SNSClient, arn: str) -> bool | None:
+    """Whether SNS posts the bare message to this subscription (None: it would not say)."""
+    try:
+        answer = await sns.get_subscription_attributes(SubscriptionArn=arn)
+    except (ClientError, BotoCoreError, OSError):
+        return None
+    return str(answer.get("Attributes", {}).get("RawMessageDelivery", "false")).lower() == "true"
+
+
 async def check_subscription(open_sns: Any, *, topics: Sequence[str], endpoint: str) -> Check:
-    """A confirmed https subscription of ``endpoint`` to one of ``topics``."""
+    """A confirmed https subscription of ``endpoint`` to one of ``topics``, delivering SNS's
+    signed envelope (not the raw message, which tegami cannot verify and refuses)."""
     name = "subscription"
     if not topics:
         return fail(
@@ -306,23 +316,54 @@ async def check_subscription(open_sns: Any, *, topics: Sequence[str], endpoint: 
             "set it to the ARN of the topic the configuration set publishes to",
         )
     pending = []
+    confirmed: list[str] = []
+    raw: list[str] = []
+    unread: list[str] = []
     for topic in topics:
         try:
             async with open_sns(topic_region(topic)) as sns:
-                subscriptions = await _subscriptions(sns, topic)
+                for subscription in await _subscriptions(sns, topic):
+                    if (
+                        subscription.get("Protocol") != "https"
+                        or subscription.get("Endpoint") != endpoint
+                    ):
+                        continue
+                    arn = str(subscription.get("SubscriptionArn"))
+                    if arn == "PendingConfirmation":
+                        pending.append(topic)
+                        continue
+                    confirmed.append(topic)
+                    found = await _raw_delivery(sns, arn)
+                    if found is None:
+                        unread.append(arn)
+                    elif found:
+                        raw.append(arn)
         except (ClientError, BotoCoreError, OSError) as exc:
             return fail(
                 name,
                 _aws_error(f"SNS ListSubscriptionsByTopic ({topic})", exc),
                 "check the topic ARN and the credentials' sns:ListSubscriptionsByTopic",
             )
-        for subscription in subscriptions:
-            if subscription.get("Protocol") != "https" or subscription.get("Endpoint") != endpoint:
-                continue
-            if subscription.get("SubscriptionArn") == "PendingConfirmation":
-                pending.append(topic)
-            else:
-                return ok(name, f"{endpoint} confirmed on {topic}")
+    if raw:
+        # SNS then posts the bare SES event: no signature, so tegami answers 400, and SNS
+        # does not retry a 4xx: every bounce and complaint is lost.
+        return fail(
+            name,
+            f"raw message delivery is on for {', '.join(raw)}: SNS posts unsigned bare JSON, "
+            "tegami refuses it (400) and SNS drops every bounce and complaint",
+            "turn it off: aws sns set-subscription-attributes --subscription-arn "
+            f"{raw[0]} --attribute-name RawMessageDelivery --attribute-value false",
+        )
+    if confirmed and unread:
+        return warn(
+            name,
+            f"{endpoint} confirmed on {', '.join(confirmed)}, but SNS would not say whether "
+            "raw message delivery is on",
+            "grant sns:GetSubscriptionAttributes so it can be checked; raw message delivery "
+            "must be off",
+        )
+    if confirmed:
+        return ok(name, f"{endpoint} confirmed on {', '.join(confirmed)}")
     if pending:
         return fail(
             name,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from fastapi import APIRouter, Request
@@ -14,6 +17,9 @@ from app.ops import doctor
 from app.ops.reputation import Level, ReputationWatch
 
 router = APIRouter(prefix="/status", tags=["operations"])
+# Each run asks SES, SNS and DNS: answers are kept this long, and calls meanwhile share them.
+SETUP_CACHE_SECONDS = 30.0
+_clock = time.monotonic
 
 
 class RateRead(BaseModel):
@@ -95,22 +101,38 @@ class SetupRead(BaseModel):
     "/setup",
     response_model=SetupRead,
     summary="Ready to send? SES account, identity, events, SNS, DNS, schema, public URL",
-    description="The same checks as `tegami doctor`, asked of SES, SNS and DNS now (a few "
-    "seconds). Always 200: `ready` and each check's `status` say what is missing.",
+    description="The same checks as `tegami doctor`, asked of SES, SNS and DNS (a few "
+    "seconds); the answer is kept for 30 s, so calls meanwhile ask nothing again. Always 200: "
+    "`ready` and each check's `status` say what is missing.",
     operation_id="getSetup",
     responses=error_responses(401, 403, 503),
 )
 async def setup(request: Request, caller: AdminKeyDep) -> SetupRead:
-    settings: Settings = request.app.state.settings
-    checks = await doctor.run_checks(
-        settings,
-        engine=request.app.state.engine,
-        http=request.app.state.http,
-        nameserver=settings.dns_nameserver,
-    )
-    return SetupRead(
-        ready=doctor.ready(checks),
-        checks=[
-            CheckRead(name=c.name, status=c.status, summary=c.summary, fix=c.fix) for c in checks
-        ],
-    )
+    cache: _SetupCache | None = getattr(request.app.state, "setup_cache", None)
+    if cache is None:
+        cache = request.app.state.setup_cache = _SetupCache()
+    async with cache.lock:
+        if cache.answer is None or _clock() - cache.at >= SETUP_CACHE_SECONDS:
+            settings: Settings = request.app.state.settings
+            checks = await doctor.run_checks(
+                settings,
+                engine=request.app.state.engine,
+                http=request.app.state.http,
+                nameserver=settings.dns_nameserver,
+            )
+            cache.answer = SetupRead(
+                ready=doctor.ready(checks),
+                checks=[
+                    CheckRead(name=c.name, status=c.status, summary=c.summary, fix=c.fix)
+                    for c in checks
+                ],
+            )
+            cache.at = _clock()
+        return cache.answer
+
+
+@dataclass
+class _SetupCache:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answer: SetupRead | None = None
+    at: float = 0.0
