@@ -219,6 +219,8 @@ def _add_batch_route(kind: str) -> None:
     ) -> EmailBatchAccepted:
         return await _send_batch(kind, body, request, response, caller, idempotency_key)
 
+    # The annotation names a local (postponed annotations are strings): give FastAPI the class.
+    send_batch.__annotations__["body"] = batch_model
     router.add_api_route(
         f"/{kind}/batch",
         send_batch,
@@ -300,6 +302,7 @@ def _add_preview_route(kind: str) -> None:
     ) -> EmailPreview:
         return _preview(kind, body, request)
 
+    preview.__annotations__["body"] = body_model
     router.add_api_route(
         f"/{kind}/preview",
         preview,
@@ -317,7 +320,6 @@ def _add_preview_route(kind: str) -> None:
 def _preview(kind: str, body: EmailCreate, request: Request) -> EmailPreview:
     parts = service.preview(
         kind=EMAIL_KINDS[kind],
-        to=body.to,
         params=body.params.model_dump(),
         send_at=body.send_at,
         settings=request.app.state.settings,

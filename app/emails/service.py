@@ -296,7 +296,6 @@ async def accept_batch(
 def preview(
     *,
     kind: EmailKind,
-    to: str,
     params: dict[str, str],
     send_at: datetime | None,
     settings: Settings,
