@@ -37,8 +37,10 @@ async def test_preview_is_the_mail_as_sent_but_for_its_unsubscribe_link(
     [mail] = ses.sent()
     message = mail.message
     link = message["List-Unsubscribe"].strip("<>")
-    sent_text = message.get_body(preferencelist=("plain",)).get_content()
-    sent_html = message.get_body(preferencelist=("html",)).get_content()
+    text_part = message.get_body(preferencelist=("plain",))
+    html_part = message.get_body(preferencelist=("html",))
+    assert text_part is not None and html_part is not None
+    sent_text, sent_html = text_part.get_content(), html_part.get_content()
     assert shown["subject"] == message["Subject"] == EMAIL_KINDS[kind].subject
     assert shown["text"].replace(UNSUBSCRIBE_PLACEHOLDER, link) == sent_text.replace("\r\n", "\n")
     assert shown["html"].replace(UNSUBSCRIBE_PLACEHOLDER, link) == sent_html.replace("\r\n", "\n")
