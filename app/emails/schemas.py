@@ -80,6 +80,14 @@ class EmailCreate(BaseModel):
     def _address(cls, value: str) -> str:
         return check_address(value)
 
+    @field_validator("send_at", mode="before")
+    @classmethod
+    def _send_at_text(cls, value: object) -> object:
+        # ISO 8601 text only: pydantic would read a number as a Unix time.
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError("must be an ISO 8601 date-time with a UTC offset")
+        return value
+
     @field_validator("user_id")
     @classmethod
     def _user_id(cls, value: str | None) -> str | None:
