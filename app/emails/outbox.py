@@ -371,7 +371,7 @@ async def accept_batch(
         ],
         "due_ats": [i.due_at for i in items],
         "refusals": [
-            json.dumps(i.refusal, ensure_ascii=False) if i.refusal is not None else None
+            json.dumps(_storable(i.refusal), ensure_ascii=False) if i.refusal is not None else None
             for i in items
         ],
         "kind": kind,
@@ -395,6 +395,18 @@ async def accept_batch(
             replayed_hash=bytes(row["existing_hash"]),
         )
     return BatchAnswer(results=_json(row["results"]), accepted=row["accepted"])
+
+
+def _storable(value: Any) -> Any:
+    """A refusal as jsonb can hold it: PostgreSQL refuses NUL in text, and a refused item may
+    name a field with one (an unknown key)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _json(value: Any) -> Any:

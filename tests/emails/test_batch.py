@@ -194,3 +194,14 @@ async def test_a_test_key_batch_is_recorded_but_never_reaches_ses(
     assert ses.sent() == []
     shown = (await client.get(f"/emails/{result['id']}", headers=headers)).json()
     assert shown["status"] == "sent" and shown["test"] is True
+
+
+async def test_an_item_naming_a_field_with_nul_is_refused_alone_not_a_500(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    emails = [body(kind=KIND) | {"bad\u0000key": 1}, body("b@example.com", KIND)]
+    answer = await client.post(f"/emails/{KIND}/batch", json={"emails": emails}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    first, second = answer.json()["results"]
+    assert first["error"]["code"] == "invalid_request"
+    assert second["status"] == "queued"
