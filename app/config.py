@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from datetime import time
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -80,6 +83,10 @@ class Settings(DatabaseSettings):
     # /docs, /redoc and /openapi.json; false serves none of them (the document stays in
     # openapi/openapi.json and `tegami openapi`).
     docs: bool = True
+    # Optional mail due inside this window (`22:00-08:00`, in `timezone`) waits to its end;
+    # unset: no quiet hours. Account mail never waits.
+    quiet_hours: Annotated[tuple[time, time] | None, NoDecode] = None
+    timezone: str = "Asia/Tokyo"
 
     @field_validator(
         "link_hosts", "sns_topic_arns", "unsubscribe_secret", "webhook_secret", mode="before"
@@ -88,6 +95,22 @@ class Settings(DatabaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _quiet_window(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_window(value) if value.strip() else None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (like Asia/Tokyo)") from None
         return value
 
     @field_validator("unsubscribe_secret")
@@ -147,6 +170,21 @@ class Settings(DatabaseSettings):
                 "(RFC 8058 one-click unsubscribe links must be HTTPS)"
             )
         return self
+
+
+_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+
+
+def parse_window(value: str) -> tuple[time, time]:
+    """``22:00-08:00`` as (start, end); the window may cross midnight."""
+    match = _WINDOW.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} must be HH:MM-HH:MM, like 22:00-08:00")
+    start = time(int(match[1]), int(match[2]))
+    end = time(int(match[3]), int(match[4]))
+    if start == end:
+        raise ValueError(f"{value!r} starts and ends at the same time")
+    return start, end
 
 
 def _is_webhook_secret(value: str) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.models import OPTIONAL_CATEGORIES, SuppressionReason
+from app.models import OPTIONAL_CATEGORIES, MessageStatus, SuppressionReason
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class ErrorCode(StrEnum):
     INVALID_PARAMS = "invalid_params"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     CATEGORY_NOT_OPTIONAL = "category_not_optional"
+    NOT_CANCELLABLE = "not_cancellable"
     SES_UNAVAILABLE = "ses_unavailable"
     UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -131,6 +132,11 @@ class ErrorBody(BaseModel):
     )
     category: OptedOutCategory | None = Field(
         default=None, description="409 `opted_out`: the category the recipient left."
+    )
+    status: MessageStatus | None = Field(
+        default=None,
+        description="409 `not_cancellable`: the email's status (`sending`: being handed to "
+        "SES now; `sent`, `delivered`, ...: too late).",
     )
     detail: list[ErrorDetail] | None = Field(
         default=None, description="422: each field that is wrong, and why."

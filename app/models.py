@@ -30,6 +30,8 @@ from app.db import Base
 
 
 class MessageStatus(StrEnum):
+    # Waits for its send time (`send_at`, or the end of quiet hours); then goes like queued.
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     SENDING = "sending"
     SENT = "sent"
@@ -39,6 +41,8 @@ class MessageStatus(StrEnum):
     HELD = "held"
     EXPIRED = "expired"
     FAILED = "failed"
+    # Stopped by DELETE /emails/{id} before it was handed to SES.
+    CANCELLED = "cancelled"
 
 
 class Category(StrEnum):
@@ -58,6 +62,8 @@ OPTIONAL_CATEGORIES = frozenset({Category.MATCHING})
 
 # A message in one of these may still be handed to SES.
 PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
+# DELETE /emails/{id} stops a mail in one of these (not yet handed to SES).
+CANCELLABLE_STATUSES = (MessageStatus.QUEUED, MessageStatus.SCHEDULED, MessageStatus.HELD)
 
 
 class SuppressionReason(StrEnum):
@@ -141,18 +147,18 @@ class Message(Base):
     __tablename__ = "message"
     __table_args__ = (
         UniqueConstraint("api_key_id", "idempotency_key"),
-        # The worker's claim query: pending messages by due time.
+        # The worker's claim query: pending (and scheduled) messages by due time.
         Index(
             "ix_message_due",
             "next_attempt_at",
-            postgresql_where=text("status IN ('queued', 'sending')"),
+            postgresql_where=text("status IN ('queued', 'sending', 'scheduled')"),
         ),
         # The claim's lanes: pending mail of one category by due time (app/emails/outbox.py).
         Index(
             "ix_message_due_by_category",
             "category",
             "next_attempt_at",
-            postgresql_where=text("status IN ('queued', 'sending')"),
+            postgresql_where=text("status IN ('queued', 'sending', 'scheduled')"),
         ),
         # The reputation window: the most recent sends.
         Index("ix_message_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),
@@ -185,6 +191,25 @@ class Message(Base):
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = _now_column()
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the mail was first due, if not at once: the app's `send_at`, or the end of quiet
+    # hours. Its day of retries counts from here.
+    send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SendBatch(Base):
+    """The answer to a batch sent with an Idempotency-Key: a retry gets it again, item by
+    item, and nothing is accepted twice (items refused are in no ``message`` row)."""
+
+    __tablename__ = "send_batch"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_key.id"))
+    idempotency_key: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    # One entry per item, in order: {"id", "status"} or {"code", ...} (app/emails/service.py).
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now_column()
 
 
 class MessageEvent(Base):

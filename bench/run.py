@@ -73,6 +73,7 @@ REPLICAS = 4  # tegami worker processes in the duplicates figure
 REPLICAS_LEASE_SECONDS = 10  # TEGAMI_SEND_LEASE_SECONDS there: the backlog outlasts it
 MATCHING_BACKLOG = 5_000  # matching notifications queued ahead of the password resets
 RESET_WAIT_SECONDS = 10.0  # how long after the last reset the bench waits for stragglers
+BATCH_SIZE = 100  # mails per POST /emails/verify-email/batch in the batch figure
 
 # The bench's own imports of ``app`` (rows, SNS signing) are this checkout's.
 sys.path.insert(0, str(ROOT))
@@ -751,6 +752,57 @@ def bench_accept(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]
             (ceiling if which == "ceiling" else tegami).add(result["rps"])
             log(f"accept run {run} {which}: {result['rps']:.0f} req/s {result}")
     return {"tegami": tegami, "ceiling": ceiling, "details": details}
+
+
+# -- 8. accepted mails per second: batches against single sends ---------------------------------
+
+
+def _message_rows() -> int:
+    return int(db(lambda c: c.fetchval("SELECT count(*) FROM message")))
+
+
+def bench_batch(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    """One `tegami serve`, the same wrk load, single sends then batches (in turns): accepted
+    mails per second, counted in the database."""
+    single, batch = Series(), Series()
+    details: list[dict[str, Any]] = []
+    url = f"http://127.0.0.1:{TEGAMI_PORT}/emails/verify-email"
+    for run in range(first, first + profile.runs):
+        reset_tables()
+        proc = start_tegami(logs, worker=False)
+        order = ("single", "batch") if run % 2 == 0 else ("batch", "single")
+        for which in order:
+            target, script = (
+                (url, "accept.lua") if which == "single" else (url + "/batch", "batch.lua")
+            )
+            env = base_env()
+            env.update(
+                BENCH_API_KEY=ACTIVE.api_key,
+                BENCH_PREFIX=f"bwarm{run}{which}",
+                BENCH_BATCH=str(BATCH_SIZE),
+            )
+            wait_quiet()
+            run_wrk(target, script, 2, env)  # warm-up
+            env["BENCH_PREFIX"] = f"b{run}{which}"
+            before = _message_rows()
+            with cpu_meter({"server": proc}) as cpu:
+                result = run_wrk(target, script, profile.accept_seconds, env)
+            mails = _message_rows() - before
+            per_second = mails / profile.accept_seconds
+            result.update(
+                {
+                    "run": run,
+                    "which": which,
+                    "mails": mails,
+                    "mails_per_second": per_second,
+                    **{f"cpu_{k}": v for k, v in cpu.items()},
+                }
+            )
+            details.append(result)
+            (single if which == "single" else batch).add(per_second)
+            log(f"batch run {run} {which}: {per_second:.0f} mails/s {result}")
+        proc.stop()
+    return {"single": single, "batch": batch, "details": details}
 
 
 # -- 2. accept-to-SES latency -------------------------------------------------------------------
@@ -1633,6 +1685,21 @@ def figure_rows(results: dict[str, Any], profile: Profile) -> list[Row]:
                 per_second.median,
             )
         )
+    batched = results.get("batch")
+    if batched and batched["batch"].values:
+        ratio = batched["batch"].median / batched["single"].median
+        rows.append(
+            Row(
+                "8",
+                f"accepted mails/s through batches of {BATCH_SIZE} (20 connections, one process)",
+                "> single sends",
+                batched["batch"].show(),
+                f"{batched['single'].show()} single sends",
+                f"{ratio:.2f}",
+                ratio > 1.0,
+                batched["batch"].median,
+            )
+        )
     return rows
 
 
@@ -1791,6 +1858,12 @@ def write_report(
         "the fake's 429s; sends / (last − first arrival). Code from before "
         "`TEGAMI_SEND_LEASE_SECONDS` ignores it and holds a fixed 60-s lease, which the "
         f"full profile's {FULL.replicas_messages} mails outlast too.",
+        f"8. **Batches.** One `tegami serve` (`TEGAMI_RUN_WORKER=false`); `wrk -t1 -c20` for "
+        f"{profile.accept_seconds} s after a 2-s warm-up, once with single sends (as in 1) "
+        f"and once with `POST /emails/verify-email/batch` of {BATCH_SIZE} mails "
+        "(bench/wrk/batch.lua), in turns, every mail to a new address. The figure is the "
+        "rows `message` gained, per second; the ceiling column holds the single sends of the "
+        "same run, and the ratio is batch / single. Code without batches answers 404 (n/a).",
     ]
     if generator:
         lines += [
@@ -1828,6 +1901,7 @@ FIGURES: dict[str, Callable[[Profile, Path, int], dict[str, Any]]] = {
     "sns": bench_sns,
     "priority": bench_priority,
     "replicas": bench_replicas,
+    "batch": bench_batch,
 }
 ALL = tuple(FIGURES)
 

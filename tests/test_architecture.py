@@ -21,6 +21,7 @@ OWNERS: dict[str, str] = {
     "message": "app/emails/outbox.py",
     "message_event": "app/emails/outbox.py",
     "send_pacer": "app/emails/outbox.py",
+    "send_batch": "app/emails/outbox.py",
     "recipient": "app/recipients/service.py",
     "suppression": "app/recipients/service.py",
     "opt_out": "app/recipients/service.py",

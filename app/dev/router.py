@@ -14,7 +14,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.db import SessionDep
-from app.errors import NotFound
+from app.emails import service as emails
+from app.emails.catalog import EMAIL_KINDS
+from app.errors import AppError, NotFound
 from app.webhooks import deliveries
 from app.webhooks.events import webhook_id
 
@@ -76,7 +78,62 @@ async def mailbox(request: Request, session: SessionDep) -> HTMLResponse:
         "<table><tr><th>Date</th><th>To</th><th>Subject</th></tr>"
         + "".join(rows)
         + "</table>"
+        + _PREVIEW_FORM
         + await _webhook_events(request, session),
+    )
+
+
+_PREVIEW_FORM = (
+    "<h2>Preview a mail</h2><p>Rendered as <code>POST /emails/&lt;type&gt;/preview</code> "
+    "renders it (the worker's own function); nothing is stored or sent.</p>"
+    "<form method='get' action='/dev/preview'><select name='type'>"
+    + "".join(
+        f"<option value='{name}'>{name} ({html.escape(kind.params[0])})</option>"
+        for name, kind in EMAIL_KINDS.items()
+    )
+    + "</select> <input name='to' value='taro@example.com' size='24'> "
+    "<input name='link' value='https://proworks.jp/' size='40'> "
+    "<button>Preview</button></form>"
+)
+
+
+def _views(source_html: str) -> str:
+    # srcdoc in a sandbox with nothing allowed: the mail's HTML runs no script and cannot
+    # reach this page, as in a mail client.
+    source = html.escape(source_html, quote=True)
+    return "".join(
+        f"<figure><figcaption>{label} ({width} px)</figcaption>"
+        f"<iframe title='{label}' sandbox='' width='{width}' srcdoc=\"{source}\"></iframe>"
+        "</figure>"
+        for label, width in (("desktop", 800), ("phone", 375))
+    )
+
+
+@router.get("/preview", response_class=HTMLResponse)
+async def preview(request: Request, type: str, to: str, link: str) -> HTMLResponse:
+    """The form's answer: the mail of that type with that link, as it would be sent."""
+    kind = EMAIL_KINDS.get(type)
+    if kind is None:
+        raise NotFound("no such type of mail")
+    back = "<p><a href='/dev/mailbox'>&larr; mailbox</a></p>"
+    try:
+        parts = emails.preview(
+            kind=kind,
+            params={kind.params[0]: link},
+            send_at=None,
+            settings=request.app.state.settings,
+        )
+    except AppError as refused:
+        detail = html.escape(str(refused.extra.get("detail", "")))
+        return _page(
+            "preview refused",
+            f"{back}<h1>Refused</h1><p>{html.escape(refused.message)}</p><pre>{detail}</pre>",
+        )
+    return _page(
+        parts.subject,
+        f"{back}<h1>{html.escape(parts.subject)}</h1><p>To: {html.escape(to)}</p>"
+        f"<h2>HTML part</h2><div class='views'>{_views(parts.html)}</div>"
+        f"<h2>Text part</h2><pre>{html.escape(parts.text)}</pre>",
     )
 
 
@@ -110,17 +167,7 @@ async def mailbox_item(name: str, request: Request) -> HTMLResponse:
         f"<tr><td>{html.escape(key)}</td><td>{html.escape(str(value))}</td></tr>"
         for key, value in parsed.items()
     )
-    views = ""
-    if html_part is not None:
-        # srcdoc in a sandbox with nothing allowed: the mail's HTML runs no script and cannot
-        # reach this page, as in a mail client.
-        source = html.escape(str(html_part.get_content()), quote=True)
-        views = "".join(
-            f"<figure><figcaption>{label} ({width} px)</figcaption>"
-            f"<iframe title='{label}' sandbox='' width='{width}' srcdoc=\"{source}\"></iframe>"
-            "</figure>"
-            for label, width in (("desktop", 800), ("phone", 375))
-        )
+    views = _views(str(html_part.get_content())) if html_part is not None else ""
     text = (
         f"<h2>Text part</h2><pre>{html.escape(str(text_part.get_content()))}</pre>"
         if text_part is not None

@@ -2,7 +2,8 @@
 every read made for sending.
 
 Who asks what of it:
-- the API accepts a mail (``accept``);
+- the API accepts a mail (``accept``) or a batch of them (``accept_batch``), and cancels one
+  not yet handed to SES (``cancel``);
 - the worker claims due mail (``claim``), checks each mail right before SendEmail
   (``check_before_send``) and records the outcome (``finish``); it pauses and resumes sending
   for every replica (``pause_sending``, ``resume_sending``);
@@ -44,7 +45,14 @@ from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import NamedStatement
-from app.models import PENDING_STATUSES, Category, Message, MessageEvent, MessageStatus
+from app.models import (
+    CANCELLABLE_STATUSES,
+    PENDING_STATUSES,
+    Category,
+    Message,
+    MessageEvent,
+    MessageStatus,
+)
 from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
 from app.webhooks import deliveries as webhooks
 
@@ -65,8 +73,8 @@ HEAD_STARTS: dict[Category, timedelta] = {
 # -- accept ------------------------------------------------------------------------------
 
 _FIRST_ANSWER = NamedStatement.of(
-    "SELECT id, request_hash FROM message WHERE api_key_id = :api_key_id "
-    "AND idempotency_key = :idempotency_key"
+    "SELECT id, request_hash, send_at IS NOT NULL AS scheduled FROM message "
+    "WHERE api_key_id = :api_key_id AND idempotency_key = :idempotency_key"
 )
 
 # The whole accept in one statement (one round trip, one snapshot): an earlier request with
@@ -76,7 +84,7 @@ _FIRST_ANSWER = NamedStatement.of(
 _ACCEPT = NamedStatement.of(
     """
     WITH existing AS (
-        SELECT id, request_hash FROM message
+        SELECT id, request_hash, send_at IS NOT NULL AS scheduled FROM message
         WHERE api_key_id = CAST(:api_key_id AS integer)
           AND idempotency_key = CAST(:idempotency_key AS text)
     ),
@@ -108,11 +116,13 @@ _ACCEPT = NamedStatement.of(
     ),
     inserted AS (
         INSERT INTO message (id, kind, category, recipient_id, to_address, user_id, params,
-            status, next_attempt_at, expires_at, api_key_id, idempotency_key, request_hash,
-            test, created_at, updated_at)
+            status, next_attempt_at, send_at, expires_at, api_key_id, idempotency_key,
+            request_hash, test, created_at, updated_at)
         SELECT CAST(:id AS uuid), CAST(:kind AS text), CAST(:category AS text), recipient_row.id,
             CAST(:to_address AS text), CAST(:user_id AS text), CAST(:params AS jsonb),
-            CAST(:status AS text), CAST(:now AS timestamptz), CAST(:expires_at AS timestamptz),
+            CAST(:status AS text),
+            COALESCE(CAST(:due_at AS timestamptz), CAST(:now AS timestamptz)),
+            CAST(:due_at AS timestamptz), CAST(:expires_at AS timestamptz),
             CAST(:api_key_id AS integer), CAST(:idempotency_key AS text),
             CAST(:request_hash AS bytea), CAST(:test AS boolean), CAST(:now AS timestamptz),
             CAST(:now AS timestamptz)
@@ -128,6 +138,7 @@ _ACCEPT = NamedStatement.of(
     SELECT block.suppressed, block.opted_out,
         (SELECT id FROM existing) AS existing_id,
         (SELECT request_hash FROM existing) AS existing_hash,
+        (SELECT scheduled FROM existing) AS existing_scheduled,
         (SELECT message_id FROM accepted_event) AS inserted_id,
         (SELECT count(pg_notify(CAST(:channel AS text), CAST(:origin AS text)))
             FROM accepted_event) AS notified
@@ -152,6 +163,12 @@ class NewMail:
     cause: str
     now: datetime
     test: bool = False
+    # Not due at once: `scheduled` until then (the app's send_at, or the end of quiet hours).
+    due_at: datetime | None = None
+
+    @property
+    def status(self) -> MessageStatus:
+        return MessageStatus.QUEUED if self.due_at is None else MessageStatus.SCHEDULED
 
 
 @dataclass(frozen=True)
@@ -163,6 +180,7 @@ class Accepting:
     existing_id: uuid.UUID | None
     existing_hash: bytes | None
     inserted: bool
+    existing_scheduled: bool = False
 
 
 async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
@@ -175,7 +193,8 @@ async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
         "to_address": mail.to_address,
         "user_id": mail.user_id,
         "params": json.dumps(mail.params, ensure_ascii=False),
-        "status": MessageStatus.QUEUED.value,
+        "status": mail.status.value,
+        "due_at": mail.due_at,
         "now": mail.now,
         "expires_at": mail.expires_at,
         "api_key_id": mail.api_key_id,
@@ -193,18 +212,233 @@ async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
         existing_id=row["existing_id"],
         existing_hash=row["existing_hash"],
         inserted=row["inserted_id"] is not None,
+        existing_scheduled=bool(row["existing_scheduled"]),
     )
 
 
 async def first_answer(
     connection: asyncpg.Connection, *, api_key_id: int | None, idempotency_key: str
-) -> tuple[uuid.UUID, bytes]:
-    """The mail an Idempotency-Key was first used for (a concurrent retry committed first)."""
+) -> tuple[uuid.UUID, bytes, bool]:
+    """The mail an Idempotency-Key was first used for (a concurrent retry committed first):
+    its id, request hash, and whether it was scheduled."""
     row = await connection.fetchrow(
         _FIRST_ANSWER.sql,
         *_FIRST_ANSWER.args({"api_key_id": api_key_id, "idempotency_key": idempotency_key}),
     )
-    return row["id"], row["request_hash"]
+    return row["id"], row["request_hash"], row["scheduled"]
+
+
+# A batch of mails of one type in one statement (one round trip, one transaction): per item,
+# the address's block, then for the items neither refused nor blocked the recipients, the
+# messages and their 'accepted' events; the answer of every item in order; and with an
+# Idempotency-Key, that answer stored for a retry (a retry finds it in ``existing`` and
+# accepts nothing). Two requests with one key at once: the second's INSERT INTO send_batch
+# violates the key's uniqueness once the first commits, so its whole statement is undone and
+# it is answered from the first (``accept_batch``).
+_ACCEPT_BATCH = NamedStatement.of(
+    """
+    WITH existing AS (
+        SELECT request_hash, results FROM send_batch
+        WHERE api_key_id = CAST(:api_key_id AS integer)
+          AND idempotency_key = CAST(:idempotency_key AS text)
+    ),
+    item AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:address_hashes AS bytea[]),
+            CAST(:to_addresses AS text[]), CAST(:user_ids AS text[]), CAST(:params AS text[]),
+            CAST(:due_ats AS timestamptz[]), CAST(:refusals AS text[]))
+            WITH ORDINALITY AS i(id, address_hash, to_address, user_id, params, due_at,
+                refusal, n)
+    ),
+    verdict AS (
+        SELECT i.n,
+            (SELECT s.reason FROM suppression AS s WHERE s.address_hash = i.address_hash)
+                AS suppressed,
+            CAST(:optional AS boolean) AND EXISTS (
+                SELECT 1 FROM opt_out AS o JOIN recipient AS r ON r.id = o.recipient_id
+                WHERE r.address_hash = i.address_hash AND o.category = CAST(:category AS text)
+            ) AS opted_out
+        FROM item AS i WHERE i.refusal IS NULL
+    ),
+    go AS (
+        SELECT i.* FROM item AS i JOIN verdict AS v USING (n)
+        WHERE v.suppressed IS NULL AND NOT v.opted_out AND NOT EXISTS (SELECT 1 FROM existing)
+    ),
+    recipient_row AS (
+        -- One row per address (an upsert may not touch a row twice in one statement).
+        INSERT INTO recipient (address_hash, address, user_id)
+        SELECT DISTINCT ON (address_hash) address_hash, to_address, user_id
+        FROM go ORDER BY address_hash, n DESC
+        ON CONFLICT (address_hash) DO UPDATE
+            SET address = excluded.address,
+                user_id = coalesce(excluded.user_id, recipient.user_id),
+                updated_at = now()
+        RETURNING id, address_hash
+    ),
+    inserted AS (
+        INSERT INTO message (id, kind, category, recipient_id, to_address, user_id, params,
+            status, next_attempt_at, send_at, expires_at, api_key_id, test, created_at,
+            updated_at)
+        SELECT go.id, CAST(:kind AS text), CAST(:category AS text), r.id, go.to_address,
+            go.user_id, CAST(go.params AS jsonb),
+            CASE WHEN go.due_at IS NULL THEN 'queued' ELSE 'scheduled' END,
+            COALESCE(go.due_at, now()), go.due_at,
+            now() + make_interval(secs => CAST(:lifetime AS float8)),
+            CAST(:api_key_id AS integer), CAST(:test AS boolean), now(), now()
+        FROM go JOIN recipient_row AS r USING (address_hash)
+        RETURNING id
+    ),
+    accepted_event AS (
+        INSERT INTO message_event (message_id, kind, cause)
+        SELECT id, 'accepted', CAST(:cause AS text) FROM inserted
+        RETURNING message_id
+    ),
+    answer AS (
+        SELECT COALESCE(jsonb_agg(CASE
+            WHEN i.refusal IS NOT NULL THEN CAST(i.refusal AS jsonb)
+            WHEN v.suppressed IS NOT NULL
+                THEN jsonb_build_object('code', 'suppressed', 'reason', v.suppressed)
+            WHEN v.opted_out
+                THEN jsonb_build_object('code', 'opted_out', 'category', CAST(:category AS text))
+            ELSE jsonb_build_object('id', i.id,
+                'status', CASE WHEN i.due_at IS NULL THEN 'queued' ELSE 'scheduled' END)
+            END ORDER BY i.n), '[]'::jsonb) AS results
+        FROM item AS i LEFT JOIN verdict AS v USING (n)
+    ),
+    stored AS (
+        INSERT INTO send_batch (api_key_id, idempotency_key, request_hash, results)
+        SELECT CAST(:api_key_id AS integer), CAST(:idempotency_key AS text),
+            CAST(:request_hash AS bytea), answer.results
+        FROM answer
+        WHERE CAST(:idempotency_key AS text) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM existing)
+    )
+    SELECT (SELECT request_hash FROM existing) AS existing_hash,
+        (SELECT results FROM existing) AS existing_results,
+        (SELECT results FROM answer) AS results,
+        (SELECT count(*) FROM accepted_event) AS accepted,
+        (SELECT count(pg_notify(CAST(:channel AS text), CAST(:origin AS text)))
+            FROM (SELECT 1 FROM accepted_event LIMIT 1) AS one) AS notified
+    """
+)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One item of a batch: a mail to store, or its refusal (the error the answer gives)."""
+
+    id: uuid.UUID | None = None
+    address_hash: bytes | None = None
+    to_address: str | None = None
+    user_id: str | None = None
+    params: dict[str, str] | None = None
+    due_at: datetime | None = None
+    refusal: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """The answer of each item in order (``{"id", "status"}`` or ``{"code", ...}``), the
+    stored one when ``replayed_hash`` is set (an earlier request with this key)."""
+
+    results: list[dict[str, Any]]
+    accepted: int
+    replayed_hash: bytes | None = None
+
+
+async def accept_batch(
+    connection: asyncpg.Connection,
+    *,
+    kind: str,
+    category: Category,
+    lifetime: timedelta | None,
+    items: Sequence[BatchItem],
+    api_key_id: int | None,
+    idempotency_key: str | None,
+    request_hash: bytes,
+    cause: str,
+    test: bool,
+) -> BatchAnswer:
+    values = {
+        "api_key_id": api_key_id,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "ids": [i.id for i in items],
+        "address_hashes": [i.address_hash for i in items],
+        "to_addresses": [i.to_address for i in items],
+        "user_ids": [i.user_id for i in items],
+        "params": [
+            json.dumps(i.params, ensure_ascii=False) if i.params is not None else None
+            for i in items
+        ],
+        "due_ats": [i.due_at for i in items],
+        "refusals": [
+            json.dumps(_storable(i.refusal), ensure_ascii=False) if i.refusal is not None else None
+            for i in items
+        ],
+        "kind": kind,
+        "category": str(category),
+        "optional": category.optional,
+        "lifetime": lifetime.total_seconds() if lifetime is not None else None,
+        "test": test,
+        "cause": cause,
+        "channel": OUTBOX_CHANNEL,
+        "origin": PROCESS_ORIGIN,
+    }
+    try:
+        row = await connection.fetchrow(_ACCEPT_BATCH.sql, *_ACCEPT_BATCH.args(values))
+    except asyncpg.UniqueViolationError:
+        # A request with the same key committed first: nothing of this one was stored.
+        row = await connection.fetchrow(_ACCEPT_BATCH.sql, *_ACCEPT_BATCH.args(values))
+    if row["existing_hash"] is not None:
+        return BatchAnswer(
+            results=_json(row["existing_results"]),
+            accepted=0,
+            replayed_hash=bytes(row["existing_hash"]),
+        )
+    return BatchAnswer(results=_json(row["results"]), accepted=row["accepted"])
+
+
+def _storable(value: Any) -> Any:
+    """A refusal as jsonb can hold it: PostgreSQL refuses NUL in text, and a refused item may
+    name a field with one (an unknown key)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# -- cancel ------------------------------------------------------------------------------
+
+CANCELLED_DETAIL = "cancelled through the API"
+
+
+async def cancel(
+    session: AsyncSession, *, message_id: uuid.UUID, cause: str
+) -> MessageStatus | None:
+    """Stop a mail not yet handed to SES (queued, scheduled, held): None when it is now
+    cancelled, else the status that kept it from being (sending, sent, ...). A claim holds its
+    rows locked while it marks them `sending`, and the pre-send check needs `sending`: a mail
+    is either cancelled before any claim, or claimed and never cancelled."""
+    cancelled = (
+        update(Message)
+        .where(Message.id == message_id, Message.status.in_(CANCELLABLE_STATUSES))
+        .values(status=MessageStatus.CANCELLED, updated_at=func.now())
+        .returning(Message.id)
+    )
+    ids = await _changed_with_history(
+        session, cancelled, kind="cancelled", detail=CANCELLED_DETAIL, cause=cause
+    )
+    if ids:
+        await webhooks.enqueue_email_events(session, message_ids=ids)  # email.cancelled
+        return None
+    status = await session.scalar(select(Message.status).where(Message.id == message_id))
+    return MessageStatus(status) if status is not None else None
 
 
 # -- claim -------------------------------------------------------------------------------
@@ -216,7 +450,8 @@ def _lane(number: int) -> str:
         SELECT id, next_attempt_at - make_interval(secs => CAST(:head_start_{number} AS float8))
             AS key
         FROM message
-        WHERE status IN ('queued', 'sending') AND category = CAST(:category_{number} AS text)
+        WHERE status IN ('queued', 'sending', 'scheduled')
+            AND category = CAST(:category_{number} AS text)
             AND next_attempt_at <= now()
         ORDER BY next_attempt_at
         LIMIT COALESCE((SELECT n FROM room), 0)
@@ -260,8 +495,10 @@ _CLAIM = NamedStatement.of(
             next_attempt_at = now() + make_interval(secs => CAST(:lease AS float8)),
             updated_at = now()
         FROM due WHERE m.id = due.id
+        -- A scheduled mail's day of retries counts from when it was due, not accepted.
         RETURNING m.id, m.kind, m.category, m.recipient_id, m.to_address, m.params,
-            m.expires_at, m.attempts, m.created_at, m.test, due.key
+            m.expires_at, m.attempts, COALESCE(m.send_at, m.created_at) AS created_at, m.test,
+            due.key
     ),
     booked AS (
         UPDATE send_pacer SET
@@ -647,7 +884,7 @@ async def erase_mail(session: AsyncSession, *, recipient_id: int, address: str, 
     stopped = (
         await session.execute(
             update(Message)
-            .where(mine, Message.status == MessageStatus.QUEUED)
+            .where(mine, Message.status.in_((MessageStatus.QUEUED, MessageStatus.SCHEDULED)))
             .values(status=MessageStatus.FAILED, last_error=ERASED, updated_at=func.now())
             .returning(Message.id)
         )
@@ -693,6 +930,7 @@ async def erase_mail(session: AsyncSession, *, recipient_id: int, address: str, 
 _HELD_DETAIL = "bounce or complaint rate over SES's review level"
 _RELEASED_DETAIL = "rates back under the review level"
 _FINAL_STATUSES = (
+    MessageStatus.CANCELLED,
     MessageStatus.EXPIRED,
     MessageStatus.FAILED,
     MessageStatus.DELIVERED,
@@ -716,7 +954,7 @@ def _with_history(changed: Any, *, kind: str, detail: str, cause: str) -> Any:
 
 
 async def _changed_with_history(
-    connection: AsyncConnection, changed: Any, *, kind: str, detail: str, cause: str
+    connection: AsyncConnection | AsyncSession, changed: Any, *, kind: str, detail: str, cause: str
 ) -> list[uuid.UUID]:
     statement = _with_history(changed, kind=kind, detail=detail, cause=cause)
     return list((await connection.execute(statement)).scalars())
@@ -831,7 +1069,7 @@ async def delete_old(connection: AsyncConnection, *, days: int, batch: int) -> i
         select(Message.id)
         .where(
             Message.created_at < func.now() - timedelta(days=days),
-            Message.status.not_in((*PENDING_STATUSES, MessageStatus.HELD)),
+            Message.status.not_in((*PENDING_STATUSES, MessageStatus.HELD, MessageStatus.SCHEDULED)),
         )
         .order_by(Message.created_at)
         .limit(batch)

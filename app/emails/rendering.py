@@ -82,6 +82,39 @@ _BODIES = {name: _load_pair(name) for name in EMAIL_KINDS}
 _FOOTERS = {category: _load_pair(f"_footer-{category}") for category in Category}
 
 
+@dataclass(frozen=True)
+class RenderedParts:
+    """What a mail says: its subject and both bodies (``render_email`` wraps them in MIME;
+    ``POST /emails/<type>/preview`` shows them)."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def render_parts(
+    *,
+    kind: EmailKind,
+    params: Mapping[str, str],
+    unsubscribe_url: str,
+    sender: SenderInfo,
+) -> RenderedParts:
+    """The subject, text and HTML of a mail. Raises ValueError as ``render_email`` does."""
+    _check_unsubscribe_url(unsubscribe_url)
+    values = _values(kind, params, unsubscribe_url, sender)
+    pair, footer = _BODIES[kind.name], _FOOTERS[kind.category]
+
+    text = pair.text.substitute(values) + "\n" + footer.text.substitute(values)
+    escaped = {name: html.escape(value, quote=True) for name, value in values.items()}
+    escaped["sender_contact_html"] = contact_html(sender.contact, link_style="color:#1d4ed8;")
+    html_body = _LAYOUT.substitute(
+        subject=html.escape(kind.subject, quote=True),
+        content=pair.html.substitute(escaped),
+        footer=footer.html.substitute(escaped),
+    )
+    return RenderedParts(subject=kind.subject, text=text, html=html_body)
+
+
 def render_email(
     *,
     kind: EmailKind,
@@ -100,20 +133,10 @@ def render_email(
     """
     recipient = _to_line(to)
     author = _from_line(from_address)
-    _check_unsubscribe_url(unsubscribe_url)
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    values = _values(kind, params, unsubscribe_url, sender)
-    pair, footer = _BODIES[kind.name], _FOOTERS[kind.category]
-
-    text = pair.text.substitute(values) + "\n" + footer.text.substitute(values)
-    escaped = {name: html.escape(value, quote=True) for name, value in values.items()}
-    escaped["sender_contact_html"] = contact_html(sender.contact, link_style="color:#1d4ed8;")
-    html_body = _LAYOUT.substitute(
-        subject=html.escape(kind.subject, quote=True),
-        content=pair.html.substitute(escaped),
-        footer=footer.html.substitute(escaped),
-    )
+    parts = render_parts(kind=kind, params=params, unsubscribe_url=unsubscribe_url, sender=sender)
+    text, html_body = parts.text, parts.html
 
     boundary = _boundary()
     return b"".join(

@@ -1,4 +1,5 @@
-"""POST /emails/<type> (one path per type of mail) and GET /emails/{id}."""
+"""POST /emails/<type> (one path per type of mail), its batch and preview, GET and DELETE
+/emails/{id}."""
 
 from __future__ import annotations
 
@@ -14,10 +15,18 @@ from app.db import SessionDep, driver_connection
 from app.emails import service
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.schemas import (
+    EMAIL_BATCHES,
+    EMAIL_BODIES,
+    MAX_BATCH,
     EmailAccepted,
+    EmailBatchAccepted,
+    EmailBatchCreate,
+    EmailBatchResult,
+    EmailCancelled,
     EmailChangeCreate,
     EmailCreate,
     EmailEventRead,
+    EmailPreview,
     EmailRead,
     MatchingNotificationCreate,
     PasswordResetCreate,
@@ -125,6 +134,7 @@ async def _send(
                 caller=caller,
                 idempotency_key=idempotency_key,
                 settings=settings,
+                send_at=body.send_at,
             )
         except Conflict as refused:
             EMAILS_REFUSED.labels(type=kind, reason=refused.code).inc()
@@ -187,6 +197,165 @@ async def send_matching_notification(
     return await _send("matching-notification", body, request, response, caller, idempotency_key)
 
 
+# Batches and previews: the same body per type as the single send, so one endpoint each, made
+# per type (a generated client still types each type's items and params).
+_OPERATION_NAMES = {
+    "verify-email": "VerifyEmail",
+    "password-reset": "PasswordReset",
+    "email-change": "EmailChange",
+    "matching-notification": "MatchingNotification",
+}
+
+
+def _add_batch_route(kind: str) -> None:
+    batch_model = EMAIL_BATCHES[kind]
+
+    async def send_batch(
+        body: batch_model,  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
+        caller: ApiKeyDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> EmailBatchAccepted:
+        return await _send_batch(kind, body, request, response, caller, idempotency_key)
+
+    # The annotation names a local (postponed annotations are strings): give FastAPI the class.
+    send_batch.__annotations__["body"] = batch_model
+    router.add_api_route(
+        f"/{kind}/batch",
+        send_batch,
+        methods=["POST"],
+        status_code=200,
+        response_model=EmailBatchAccepted,
+        dependencies=[Depends(_require_json)],
+        summary=f"Send up to {MAX_BATCH} mails of this type at once",
+        operation_id=f"send{_OPERATION_NAMES[kind]}Batch",
+        description="Each item is the body of the single send, checked as it would be: a bad, "
+        "suppressed or opted-out item is refused alone (its result holds the `error` the single "
+        "send would answer), the others are accepted. One statement stores them all; the answer "
+        "comes after it committed. `Idempotency-Key` covers the whole batch.",
+        responses={
+            200: {
+                "description": "One result per item, in order.",
+                "headers": {
+                    "Idempotent-Replayed": {
+                        "description": "`true` when this is the first answer to an earlier "
+                        "batch with the same Idempotency-Key (nothing new was accepted).",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+            },
+            **error_responses(
+                401,
+                413,
+                415,
+                422,
+                503,
+                _413="Body over 2 MiB (`payload_too_large`).",
+                _422=f"Not a batch (`invalid_request`: no `emails`, or more than {MAX_BATCH}), "
+                "or a reused Idempotency-Key (`idempotency_key_reused`). Bad items do not make "
+                "a 422: their results say why.",
+            ),
+        },
+    )
+
+
+async def _send_batch(
+    kind: str,
+    body: EmailBatchCreate,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    idempotency_key: str | None,
+) -> EmailBatchAccepted:
+    async with driver_connection(request.app.state.engine) as connection:
+        accepted = await service.accept_batch(
+            connection,
+            kind=EMAIL_KINDS[kind],
+            body=EMAIL_BODIES[kind],
+            items=body.emails,
+            caller=caller,
+            idempotency_key=idempotency_key,
+            settings=request.app.state.settings,
+        )
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        for result in accepted.results:
+            if "error" in result:
+                EMAILS_REFUSED.labels(type=kind, reason=result["error"]["code"]).inc()
+        EMAILS_ACCEPTED.labels(type=kind).inc(accepted.accepted)
+        if accepted.accepted:
+            request.app.state.outbox_wake.set()
+    return EmailBatchAccepted(
+        results=[EmailBatchResult.model_validate(result) for result in accepted.results]
+    )
+
+
+def _add_preview_route(kind: str) -> None:
+    body_model = EMAIL_BODIES[kind]
+
+    async def preview(
+        body: body_model,  # type: ignore[valid-type]
+        request: Request,
+        caller: ApiKeyDep,
+    ) -> EmailPreview:
+        return _preview(kind, body, request)
+
+    preview.__annotations__["body"] = body_model
+    router.add_api_route(
+        f"/{kind}/preview",
+        preview,
+        methods=["POST"],
+        response_model=EmailPreview,
+        dependencies=[Depends(_require_json)],
+        summary="Render this mail as it would be sent, without sending it",
+        operation_id=f"preview{_OPERATION_NAMES[kind]}",
+        description="The send body, checked as a send would be (422), rendered by the worker's "
+        "own function; the unsubscribe link is a placeholder. Nothing is stored or sent.",
+        responses=error_responses(401, 413, 415, 422, 503),
+    )
+
+
+def _preview(kind: str, body: EmailCreate, request: Request) -> EmailPreview:
+    parts = service.preview(
+        kind=EMAIL_KINDS[kind],
+        params=body.params.model_dump(),
+        send_at=body.send_at,
+        settings=request.app.state.settings,
+    )
+    return EmailPreview(subject=parts.subject, text=parts.text, html=parts.html)
+
+
+for _kind in EMAIL_KINDS:
+    _add_batch_route(_kind)
+    _add_preview_route(_kind)
+
+
+@router.delete(
+    "/{id:uuidtext}",
+    response_model=EmailCancelled,
+    summary="Cancel a mail not yet handed to SES",
+    operation_id="cancelEmail",
+    description="Stops a `queued`, `scheduled` or `held` mail: it becomes `cancelled` (history "
+    "event `cancelled`, webhook `email.cancelled`) and is never sent.",
+    responses=error_responses(
+        401,
+        404,
+        409,
+        422,
+        503,
+        _404="No such mail, or one sent with another key unless admin (`email_not_found`).",
+        _409="Already being handed to SES, or done (`not_cancellable`, with its `status`).",
+        _422="`id` is not a UUID (`invalid_request`).",
+    ),
+)
+async def cancel_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) -> EmailCancelled:
+    await service.cancel(session, message_id=id, caller=caller)
+    await session.commit()
+    return EmailCancelled(status=MessageStatus.CANCELLED)
+
+
 @router.get(
     "/{id:uuidtext}",
     response_model=EmailRead,
@@ -216,6 +385,7 @@ async def get_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) -> Em
         attempts=message.attempts,
         created_at=message.created_at,
         sent_at=message.sent_at,
+        send_at=message.send_at,
         expires_at=message.expires_at,
         ses_message_id=message.ses_message_id,
         last_error=message.last_error,

@@ -6,11 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from app.db import NO_NUL, check_storable
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.links import MAX_LINK_LENGTH
+from app.errors import ErrorBody
 from app.models import MessageStatus
 from app.recipients.addresses import ADDRESS_JSON_SCHEMA, check_address
 
@@ -66,11 +67,26 @@ class EmailCreate(BaseModel):
         description="The app's own id for the user.",
         json_schema_extra={"pattern": NO_NUL},
     )
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Not sent before this time (ISO 8601 with a UTC offset, at most 30 days "
+        "ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from "
+        "the request, so its send_at must fall within that hour.",
+        examples=["2026-12-06T08:00:00+09:00"],
+    )
 
     @field_validator("to")
     @classmethod
     def _address(cls, value: str) -> str:
         return check_address(value)
+
+    @field_validator("send_at", mode="before")
+    @classmethod
+    def _send_at_text(cls, value: object) -> object:
+        # ISO 8601 text only: pydantic would read a number as a Unix time.
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError("must be an ISO 8601 date-time with a UTC offset")
+        return value
 
     @field_validator("user_id")
     @classmethod
@@ -124,7 +140,81 @@ assert EMAIL_BODIES.keys() == EMAIL_KINDS.keys()
 
 class EmailAccepted(BaseModel):
     id: uuid.UUID
-    status: MessageStatus = Field(description="`queued` (also when replayed).")
+    status: MessageStatus = Field(
+        description="`queued`, or `scheduled` when it waits for its `send_at` or for the end "
+        "of quiet hours (also when replayed)."
+    )
+
+
+MAX_BATCH = 500
+
+
+class EmailBatchResult(BaseModel):
+    """One item's answer: ``id`` and ``status`` when accepted, else ``error``, exactly as the
+    single send would have refused it (`invalid_request`, `invalid_params`, `suppressed`,
+    `opted_out`)."""
+
+    id: uuid.UUID | None = None
+    status: MessageStatus | None = None
+    error: ErrorBody | None = None
+
+
+class EmailBatchAccepted(BaseModel):
+    results: list[EmailBatchResult] = Field(description="One per item, in the items' order.")
+
+
+def _items(create: type[EmailCreate]) -> Any:
+    # Documented as the type's own send body; read by the route item by item, so that one bad
+    # item is refused alone (its result says why) and the others are accepted.
+    return Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"1 to {MAX_BATCH} mails, each exactly the body of the single send.",
+        json_schema_extra={"items": {"$ref": f"#/components/schemas/{create.__name__}"}},
+    )
+
+
+class EmailBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    emails: list[dict[str, Any]]
+
+
+class VerifyEmailBatch(EmailBatchCreate):
+    emails: list[dict[str, Any]] = _items(VerifyEmailCreate)
+
+
+class PasswordResetBatch(EmailBatchCreate):
+    emails: list[dict[str, Any]] = _items(PasswordResetCreate)
+
+
+class EmailChangeBatch(EmailBatchCreate):
+    emails: list[dict[str, Any]] = _items(EmailChangeCreate)
+
+
+class MatchingNotificationBatch(EmailBatchCreate):
+    emails: list[dict[str, Any]] = _items(MatchingNotificationCreate)
+
+
+EMAIL_BATCHES: dict[str, type[EmailBatchCreate]] = {
+    "verify-email": VerifyEmailBatch,
+    "password-reset": PasswordResetBatch,
+    "email-change": EmailChangeBatch,
+    "matching-notification": MatchingNotificationBatch,
+}
+
+
+class EmailPreview(BaseModel):
+    """The mail as it would be sent, rendered by the worker's own function; the unsubscribe
+    link is a placeholder (each sent mail gets its own)."""
+
+    subject: str
+    text: str
+    html: str
+
+
+class EmailCancelled(BaseModel):
+    status: MessageStatus = Field(description="`cancelled`.")
 
 
 class EmailEventRead(BaseModel):
@@ -143,6 +233,10 @@ class EmailRead(BaseModel):
     attempts: int
     created_at: datetime
     sent_at: datetime | None
+    send_at: datetime | None = Field(
+        description="When a `scheduled` mail was first due: its `send_at`, or the end of quiet "
+        "hours; null when it was due at once."
+    )
     expires_at: datetime | None
     ses_message_id: str | None
     last_error: str | None

@@ -1,25 +1,34 @@
-"""Accepting a mail into the outbox, and reading it back."""
+"""Accepting a mail (or a batch of them) into the outbox, previewing, cancelling, reading it
+back."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api_keys import Caller
 from app.config import Settings
-from app.emails import outbox
+from app.emails import outbox, scheduling
 from app.emails.catalog import EmailKind
 from app.emails.links import params_problems
+from app.emails.rendering import RenderedParts, SenderInfo, render_parts
+from app.emails.schemas import EmailCreate
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import ApiKeyScope, Message, MessageEvent, MessageStatus
 from app.recipients.addresses import address_hash
+
+# What a preview shows where each sent mail has its own unsubscribe link.
+UNSUBSCRIBE_PLACEHOLDER = "https://unsubscribe.invalid/preview"
 
 
 @dataclass(frozen=True)
@@ -30,21 +39,81 @@ class Accepted:
 
 
 def request_fingerprint(
-    *, kind: EmailKind, to: str, params: dict[str, str], user_id: str | None
+    *,
+    kind: EmailKind,
+    to: str,
+    params: dict[str, str],
+    user_id: str | None,
+    send_at: datetime | None = None,
 ) -> bytes:
     """What makes two requests 'the same' for Idempotency-Key."""
-    body = json.dumps([kind.name, to, params, user_id], sort_keys=True, ensure_ascii=False)
+    fields: list[Any] = [kind.name, to, params, user_id]
+    if send_at is not None:  # (keys used before send_at existed keep their hash)
+        fields.append(send_at.isoformat())
+    body = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(body.encode()).digest()
 
 
-def _answer_replay(message_id: uuid.UUID, request_hash: bytes, fingerprint: bytes) -> Accepted:
+def batch_fingerprint(*, kind: EmailKind, items: Sequence[Any]) -> bytes:
+    """A batch's Idempotency-Key fingerprint: its type and its items as sent."""
+    body = json.dumps(["batch", kind.name, items], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode()).digest()
+
+
+def _reused_key() -> Unprocessable:
+    return Unprocessable(
+        "this Idempotency-Key was already used with a different request",
+        code="idempotency_key_reused",
+    )
+
+
+def _answer_replay(
+    message_id: uuid.UUID, request_hash: bytes, fingerprint: bytes, *, scheduled: bool
+) -> Accepted:
     if request_hash != fingerprint:
-        raise Unprocessable(
-            "this Idempotency-Key was already used with a different request",
-            code="idempotency_key_reused",
-        )
+        raise _reused_key()
     # The first answer, again: the mail is not accepted (or sent) twice.
-    return Accepted(id=message_id, status=MessageStatus.QUEUED, replayed=True)
+    status = MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED
+    return Accepted(id=message_id, status=status, replayed=True)
+
+
+def _params_invalid(problems: dict[str, str], loc: Sequence[str | int]) -> Unprocessable:
+    return Unprocessable(
+        "the params are not valid for this type of mail",
+        code="invalid_params",
+        detail=[{"loc": [*loc, "params", name], "msg": msg} for name, msg in problems.items()],
+    )
+
+
+def _send_at_invalid(problem: str, loc: Sequence[str | int]) -> Unprocessable:
+    return Unprocessable(
+        "send_at cannot be honoured for this type of mail",
+        code="invalid_request",
+        detail=[{"loc": [*loc, "send_at"], "msg": problem, "type": "send_at"}],
+    )
+
+
+def check(
+    *,
+    kind: EmailKind,
+    params: dict[str, str],
+    send_at: datetime | None,
+    settings: Settings,
+    now: datetime,
+    loc: Sequence[str | int] = ("body",),
+) -> None:
+    """What a send, a batch item and a preview check beyond their schema (422)."""
+    problems = params_problems(params, required=kind.params, allowed_hosts=settings.link_hosts)
+    if problems:
+        raise _params_invalid(problems, loc)
+    if send_at is not None:
+        problem = scheduling.send_at_problem(send_at, kind=kind, now=now)
+        if problem is not None:
+            raise _send_at_invalid(problem, loc)
+
+
+def quiet_hours(settings: Settings) -> scheduling.QuietHours | None:
+    return scheduling.QuietHours.of(settings.quiet_hours, settings.timezone)
 
 
 async def accept(
@@ -58,22 +127,18 @@ async def accept(
     idempotency_key: str | None,
     settings: Settings,
     now: datetime | None = None,
+    send_at: datetime | None = None,
 ) -> Accepted:
     """Check, then store the mail in one autocommitted statement on ``connection`` (asyncpg's,
     from ``app.db.driver_connection``): it is committed when this returns."""
-    problems = params_problems(params, required=kind.params, allowed_hosts=settings.link_hosts)
-    if problems:
-        raise Unprocessable(
-            "the params are not valid for this type of mail",
-            code="invalid_params",
-            detail=[
-                {"loc": ["body", "params", name], "msg": msg} for name, msg in problems.items()
-            ],
-        )
-    fingerprint = request_fingerprint(kind=kind, to=to, params=params, user_id=user_id)
     now = now or datetime.now(UTC)
+    check(kind=kind, params=params, send_at=send_at, settings=settings, now=now)
+    fingerprint = request_fingerprint(
+        kind=kind, to=to, params=params, user_id=user_id, send_at=send_at
+    )
+    message_id = uuid.uuid4()
     mail = outbox.NewMail(
-        id=uuid.uuid4(),
+        id=message_id,
         kind=kind.name,
         category=kind.category,
         address_hash=address_hash(to, secret=settings.address_hash_secret.get_secret_value()),
@@ -87,11 +152,23 @@ async def accept(
         cause=caller.cause,
         now=now,
         test=caller.scope is ApiKeyScope.TEST,
+        due_at=scheduling.first_due(
+            kind=kind,
+            send_at=send_at,
+            now=now,
+            message_id=message_id,
+            quiet=quiet_hours(settings),
+        ),
     )
     found = await outbox.accept(connection, mail=mail)
     if found.existing_id is not None:
         assert found.existing_hash is not None
-        return _answer_replay(found.existing_id, found.existing_hash, fingerprint)
+        return _answer_replay(
+            found.existing_id,
+            found.existing_hash,
+            fingerprint,
+            scheduled=found.existing_scheduled,
+        )
     if found.suppressed is not None:
         raise Conflict("the address is suppressed", code="suppressed", reason=found.suppressed)
     if found.opted_out and kind.category.optional:
@@ -104,11 +181,159 @@ async def accept(
     if not found.inserted:
         # A concurrent retry with the same key committed first; answer as it did.
         assert idempotency_key is not None
-        first_id, first_hash = await outbox.first_answer(
+        first_id, first_hash, scheduled = await outbox.first_answer(
             connection, api_key_id=caller.key_id, idempotency_key=idempotency_key
         )
-        return _answer_replay(first_id, first_hash, fingerprint)
-    return Accepted(id=mail.id, status=MessageStatus.QUEUED, replayed=False)
+        return _answer_replay(first_id, first_hash, fingerprint, scheduled=scheduled)
+    return Accepted(id=mail.id, status=mail.status, replayed=False)
+
+
+@dataclass(frozen=True)
+class BatchAccepted:
+    """One answer per item, in order: ``{"id", "status"}`` or ``{"error": {...}}``."""
+
+    results: list[dict[str, Any]]
+    accepted: int
+    replayed: bool
+
+
+_REFUSAL_MESSAGES = {
+    "suppressed": "the address is suppressed",
+    "opted_out": "the recipient unsubscribed from this category",
+}
+
+
+def _answer_item(stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored answer of an item (as the batch statement writes it) as the API says it."""
+    if "code" not in stored:
+        return {"id": stored["id"], "status": stored["status"]}
+    error = dict(stored)
+    if error["code"] == "opted_out":
+        error["reason"] = error["category"]
+    error.setdefault("message", _REFUSAL_MESSAGES.get(error["code"], "refused"))
+    return {"error": error}
+
+
+def _refusal(error: Unprocessable) -> dict[str, Any]:
+    return {"code": error.code, "message": error.message, **error.extra}
+
+
+def _item_errors(exc: ValidationError, loc: Sequence[str | int]) -> Unprocessable:
+    return Unprocessable(
+        "the request is not valid",
+        detail=[
+            {"loc": [*loc, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ],
+    )
+
+
+async def accept_batch(
+    connection: asyncpg.Connection,
+    *,
+    kind: EmailKind,
+    body: type[EmailCreate],
+    items: Sequence[Any],
+    caller: Caller,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> BatchAccepted:
+    """Check each item as its single send would (a bad one is refused alone), then store
+    every good one in one statement, committed when this returns."""
+    now = datetime.now(UTC)
+    secret = settings.address_hash_secret.get_secret_value()
+    quiet = quiet_hours(settings)
+    prepared: list[outbox.BatchItem] = []
+    for index, raw in enumerate(items):
+        loc: tuple[str | int, ...] = ("body", "emails", index)
+        try:
+            try:
+                item = body.model_validate(raw)
+            except ValidationError as exc:
+                raise _item_errors(exc, loc) from None
+            params = item.params.model_dump()
+            check(
+                kind=kind, params=params, send_at=item.send_at, settings=settings, now=now, loc=loc
+            )
+        except Unprocessable as refused:
+            prepared.append(outbox.BatchItem(refusal=_refusal(refused)))
+            continue
+        message_id = uuid.uuid4()
+        prepared.append(
+            outbox.BatchItem(
+                id=message_id,
+                address_hash=address_hash(item.to, secret=secret),
+                to_address=item.to,
+                user_id=item.user_id,
+                params=params,
+                due_at=scheduling.first_due(
+                    kind=kind, send_at=item.send_at, now=now, message_id=message_id, quiet=quiet
+                ),
+            )
+        )
+    fingerprint = batch_fingerprint(kind=kind, items=items)
+    answer = await outbox.accept_batch(
+        connection,
+        kind=kind.name,
+        category=kind.category,
+        lifetime=kind.lifetime,
+        items=prepared,
+        api_key_id=caller.key_id,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        cause=caller.cause,
+        test=caller.scope is ApiKeyScope.TEST,
+    )
+    if answer.replayed_hash is not None and answer.replayed_hash != fingerprint:
+        raise _reused_key()
+    return BatchAccepted(
+        results=[_answer_item(stored) for stored in answer.results],
+        accepted=answer.accepted,
+        replayed=answer.replayed_hash is not None,
+    )
+
+
+def preview(
+    *,
+    kind: EmailKind,
+    params: dict[str, str],
+    send_at: datetime | None,
+    settings: Settings,
+) -> RenderedParts:
+    """The mail as the worker would render it now (same checks as a send, 422), with the
+    unsubscribe link a placeholder; nothing is stored or sent."""
+    now = datetime.now(UTC)
+    check(kind=kind, params=params, send_at=send_at, settings=settings, now=now)
+    return render_parts(
+        kind=kind,
+        params=params,
+        unsubscribe_url=UNSUBSCRIBE_PLACEHOLDER,
+        sender=SenderInfo(
+            name=settings.sender_name,
+            postal_address=settings.sender_postal_address,
+            contact=settings.sender_contact,
+        ),
+    )
+
+
+async def cancel(session: AsyncSession, *, message_id: uuid.UUID, caller: Caller) -> None:
+    """Cancel a mail of the caller's (any mail, for an admin) not yet handed to SES; 404 for
+    another key's mail, 409 `not_cancellable` (with its ``status``) once it is sending or
+    done."""
+    found = (
+        await session.execute(select(Message.api_key_id).where(Message.id == message_id))
+    ).first()
+    if found is None or (found.api_key_id != caller.key_id and not caller.is_admin):
+        raise NotFound("no such email", code="email_not_found")
+    stopped_at = await outbox.cancel(session, message_id=message_id, cause=caller.cause)
+    if stopped_at is not None:
+        raise Conflict(
+            "the email is already being handed to SES"
+            if stopped_at is MessageStatus.SENDING
+            else f"the email can no longer be cancelled: it is {stopped_at.value}",
+            code="not_cancellable",
+            status=stopped_at.value,
+        )
 
 
 async def read(

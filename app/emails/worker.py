@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import MailBackend, Settings
 from app.db import driver_connection
-from app.emails import outbox
+from app.emails import outbox, scheduling
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.outbox import OUTBOX_CHANNEL, PROCESS_ORIGIN, Claim, Claimed, Result, Standing
 from app.emails.rendering import SenderInfo, render_email
@@ -103,6 +103,7 @@ class Worker:
         self.rate = settings.max_send_rate or FALLBACK_RATE
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_count = 0
+        self.quiet = scheduling.QuietHours.of(settings.quiet_hours, settings.timezone)
         self._sender_info = SenderInfo(
             name=settings.sender_name,
             postal_address=settings.sender_postal_address,
@@ -331,9 +332,14 @@ class Worker:
         detail = (
             f"{reason} (sending paused)" if wait == 0 else f"{reason} (next attempt in {wait:.1f}s)"
         )
-        return Result(
-            mail.id, mail.attempt, MessageStatus.QUEUED, event, detail, next_attempt_at=next_attempt
-        )
+        status = MessageStatus.QUEUED
+        if mail.category.optional:
+            # An optional mail's retry that falls inside quiet hours waits for their end.
+            after = scheduling.after_quiet_hours(next_attempt, message_id=mail.id, quiet=self.quiet)
+            if after is not None:
+                status, next_attempt = MessageStatus.SCHEDULED, after
+                detail = f"{reason} (quiet hours: next attempt at {after.isoformat()})"
+        return Result(mail.id, mail.attempt, status, event, detail, next_attempt_at=next_attempt)
 
     async def _record(self, results: list[Result]) -> set[uuid.UUID]:
         """Write the outcomes; retried for a while, because a mail sent but not recorded

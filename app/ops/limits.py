@@ -1,4 +1,5 @@
-"""Request body cap: anything over 64 KiB is refused with 413 before it is read into memory."""
+"""Request body cap: anything over 64 KiB (a batch send: 2 MiB, room for 500 mails) is refused
+with 413 before it is read into memory."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import error_body
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_BODY_BYTES = 2 * 1024 * 1024
 TOO_LARGE = "the body is over 64 KiB"
+BATCH_TOO_LARGE = "the body is over 2 MiB"
+
+
+def _is_batch(path: str) -> bool:
+    return path.startswith("/emails/") and path.endswith("/batch")
 
 
 class _TooLarge(HTTPException):
     # An HTTPException, so FastAPI's body reader passes it on instead of calling it a 400.
-    def __init__(self) -> None:
-        super().__init__(413, TOO_LARGE)
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 class BodySizeLimit:
@@ -28,14 +35,17 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        batch = _is_batch(scope["path"])
+        limit = max(self.max_bytes, MAX_BATCH_BODY_BYTES) if batch else self.max_bytes
+        message_text = BATCH_TOO_LARGE if batch else TOO_LARGE
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.max_bytes
+                    too_large = int(value) > limit
                 except ValueError:
                     too_large = False
                 if too_large:
-                    await self._refuse(send)
+                    await self._refuse(send, message_text)
                     return
 
         received = 0
@@ -46,8 +56,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
+                if received > limit:
+                    raise _TooLarge(message_text)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -60,11 +70,11 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, message_text)
 
     @staticmethod
-    async def _refuse(send: Send) -> None:
-        body = json.dumps(error_body("payload_too_large", TOO_LARGE)).encode()
+    async def _refuse(send: Send, message: str) -> None:
+        body = json.dumps(error_body("payload_too_large", message)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -23,6 +23,7 @@ class EventType(StrEnum):
     EMAIL_FAILED = "email.failed"
     EMAIL_EXPIRED = "email.expired"
     EMAIL_HELD = "email.held"
+    EMAIL_CANCELLED = "email.cancelled"
     RECIPIENT_SUPPRESSED = "recipient.suppressed"
     RECIPIENT_UNSUPPRESSED = "recipient.unsuppressed"
     RECIPIENT_OPTED_OUT = "recipient.opted_out"
@@ -88,6 +89,7 @@ class EmailEvent(_Envelope):
         "email.failed",
         "email.expired",
         "email.held",
+        "email.cancelled",
     ]
     data: EmailEventData
 
@@ -122,6 +124,8 @@ DESCRIPTIONS: dict[EventType, str] = {
     EventType.EMAIL_FAILED: "The email will not be sent (SES refused it, or tegami gave up).",
     EventType.EMAIL_EXPIRED: "The email's link expired before it could be sent.",
     EventType.EMAIL_HELD: "Optional mail held while the bounce or complaint rate is high.",
+    EventType.EMAIL_CANCELLED: "The app cancelled the email (`DELETE /emails/{id}`) before it "
+    "was handed to SES: it is never sent.",
     EventType.RECIPIENT_SUPPRESSED: "No mail goes to the address any more: ask the user for "
     "another one.",
     EventType.RECIPIENT_UNSUPPRESSED: "An operator lifted the address's suppression.",
