@@ -60,6 +60,16 @@ OPTIONAL_CATEGORIES = frozenset({Category.MATCHING})
 PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
 
 
+class MailType(StrEnum):
+    """The mails of the seed, as the send path names them (`POST /emails/<type>`); what each
+    says and how long its link lives is in app/emails/catalog.py."""
+
+    VERIFY_EMAIL = "verify-email"
+    PASSWORD_RESET = "password-reset"  # noqa: S105 (a mail type, not a password)
+    EMAIL_CHANGE = "email-change"
+    MATCHING_NOTIFICATION = "matching-notification"
+
+
 class SuppressionReason(StrEnum):
     HARD_BOUNCE = "hard_bounce"
     SOFT_BOUNCE_LIMIT = "soft_bounce_limit"

@@ -741,6 +741,60 @@ export interface components {
             /** @description `queued` (also when replayed). */
             status: components["schemas"]["MessageStatus"];
         };
+        /** EmailBouncedData */
+        EmailBouncedData: {
+            /**
+             * Email Id
+             * Format: uuid
+             * @description The id the send (`POST /emails/<type>`) answered with.
+             */
+            email_id: string;
+            /** @description The email type, as in the path it was sent with. */
+            type: components["schemas"]["MailType"];
+            /**
+             * User Id
+             * @description The app's own user id, when it gave one.
+             */
+            user_id: string | null;
+            /**
+             * Address
+             * @description The recipient, as the app gave it (null if erased).
+             */
+            address: string | null;
+            /** @description The email's status after the event. */
+            status: components["schemas"]["MessageStatus"];
+            /**
+             * Ses Type
+             * @description SES's bounceType: Permanent (the address does not work) or Transient / Undetermined (tegami sends again later while the link is valid).
+             * @enum {string}
+             */
+            ses_type: "Permanent" | "Transient" | "Undetermined";
+            /**
+             * Ses Subtype
+             * @description SES's bounceSubType (General, NoEmail, Suppressed, ...).
+             */
+            ses_subtype?: string | null;
+            /**
+             * Diagnostic
+             * @description The receiving server's diagnostic, when SES had one.
+             */
+            diagnostic?: string | null;
+        };
+        /** EmailBouncedEvent */
+        EmailBouncedEvent: {
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @constant
+             */
+            type: "email.bounced";
+            data: components["schemas"]["EmailBouncedData"];
+        };
         /**
          * EmailChangeCreate
          * @example {
@@ -772,6 +826,59 @@ export interface components {
              */
             verification_url: string;
         };
+        /** EmailComplainedData */
+        EmailComplainedData: {
+            /**
+             * Email Id
+             * Format: uuid
+             * @description The id the send (`POST /emails/<type>`) answered with.
+             */
+            email_id: string;
+            /** @description The email type, as in the path it was sent with. */
+            type: components["schemas"]["MailType"];
+            /**
+             * User Id
+             * @description The app's own user id, when it gave one.
+             */
+            user_id: string | null;
+            /**
+             * Address
+             * @description The recipient, as the app gave it (null if erased).
+             */
+            address: string | null;
+            /** @description The email's status after the event. */
+            status: components["schemas"]["MessageStatus"];
+            /**
+             * Ses Type
+             * @description SES's complaintFeedbackType, when the mailbox provider sent one.
+             */
+            ses_type?: ("abuse" | "auth-failure" | "fraud" | "not-spam" | "other" | "virus") | null;
+            /**
+             * Ses Subtype
+             * @description Only bounces carry one.
+             */
+            ses_subtype?: null;
+            /**
+             * Diagnostic
+             * @description Only bounces carry one.
+             */
+            diagnostic?: null;
+        };
+        /** EmailComplainedEvent */
+        EmailComplainedEvent: {
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @constant
+             */
+            type: "email.complained";
+            data: components["schemas"]["EmailComplainedData"];
+        };
         /** EmailEvent */
         EmailEvent: {
             /**
@@ -784,10 +891,13 @@ export interface components {
              * Type
              * @enum {string}
              */
-            type: "email.sent" | "email.delivered" | "email.delivery_delayed" | "email.bounced" | "email.complained" | "email.failed" | "email.expired" | "email.held";
+            type: "email.sent" | "email.delivered" | "email.delivery_delayed" | "email.failed" | "email.expired" | "email.held";
             data: components["schemas"]["EmailEventData"];
         };
-        /** EmailEventData */
+        /**
+         * EmailEventData
+         * @description What every `email.*` event carries; each event narrows the SES fields it fills.
+         */
         EmailEventData: {
             /**
              * Email Id
@@ -795,11 +905,8 @@ export interface components {
              * @description The id the send (`POST /emails/<type>`) answered with.
              */
             email_id: string;
-            /**
-             * Type
-             * @description The email type, as in the path it was sent with.
-             */
-            type: string;
+            /** @description The email type, as in the path it was sent with. */
+            type: components["schemas"]["MailType"];
             /**
              * User Id
              * @description The app's own user id, when it gave one.
@@ -810,26 +917,23 @@ export interface components {
              * @description The recipient, as the app gave it (null if erased).
              */
             address: string | null;
-            /**
-             * Status
-             * @description The email's status after the event.
-             */
-            status: string;
+            /** @description The email's status after the event. */
+            status: components["schemas"]["MessageStatus"];
             /**
              * Ses Type
-             * @description Bounces: SES's bounceType; complaints: complaintFeedbackType.
+             * @description Only bounces and complaints carry one.
              */
-            ses_type?: string | null;
+            ses_type?: null;
             /**
              * Ses Subtype
-             * @description Bounces: SES's bounceSubType.
+             * @description Only bounces carry one.
              */
-            ses_subtype?: string | null;
+            ses_subtype?: null;
             /**
              * Diagnostic
-             * @description Bounces: the receiving server's diagnostic, when SES had one.
+             * @description Only bounces carry one.
              */
-            diagnostic?: string | null;
+            diagnostic?: null;
         };
         /** EmailEventRead */
         EmailEventRead: {
@@ -953,6 +1057,13 @@ export interface components {
          * @enum {string}
          */
         Level: "ok" | "warning" | "alert" | "critical";
+        /**
+         * MailType
+         * @description The mails of the seed, as the send path names them (`POST /emails/<type>`); what each
+         *     says and how long its link lives is in app/emails/catalog.py.
+         * @enum {string}
+         */
+        MailType: "verify-email" | "password-reset" | "email-change" | "matching-notification";
         /**
          * MatchingNotificationCreate
          * @example {
@@ -1086,23 +1197,8 @@ export interface components {
             type: "recipient.erased";
             data: components["schemas"]["RecipientErasedData"];
         };
-        /** RecipientEvent */
-        RecipientEvent: {
-            /**
-             * Timestamp
-             * Format: date-time
-             * @description When the change happened (UTC).
-             */
-            timestamp: string;
-            /**
-             * Type
-             * @enum {string}
-             */
-            type: "recipient.suppressed" | "recipient.unsuppressed" | "recipient.opted_out" | "recipient.opted_in";
-            data: components["schemas"]["RecipientEventData"];
-        };
-        /** RecipientEventData */
-        RecipientEventData: {
+        /** RecipientOptOutData */
+        RecipientOptOutData: {
             /**
              * Address
              * @description The address the change is about.
@@ -1113,16 +1209,25 @@ export interface components {
              * @description The app's user id last given with this address.
              */
             user_id: string | null;
+            /** Reason */
+            reason?: null;
+            /** @description The category of optional mail. */
+            category: components["schemas"]["OptedOutCategory"];
+        };
+        /** RecipientOptOutEvent */
+        RecipientOptOutEvent: {
             /**
-             * Reason
-             * @description Suppressions: hard_bounce, soft_bounce_limit, complaint or manual.
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
              */
-            reason?: string | null;
+            timestamp: string;
             /**
-             * Category
-             * @description Opt-outs: the mail category.
+             * Type
+             * @enum {string}
              */
-            category?: string | null;
+            type: "recipient.opted_out" | "recipient.opted_in";
+            data: components["schemas"]["RecipientOptOutData"];
         };
         /** RecipientRead */
         RecipientRead: {
@@ -1148,6 +1253,38 @@ export interface components {
              * @description Every change of state, oldest first.
              */
             history: components["schemas"]["AuditEventRead"][];
+        };
+        /** RecipientSuppressionData */
+        RecipientSuppressionData: {
+            /**
+             * Address
+             * @description The address the change is about (null if erased).
+             */
+            address: string | null;
+            /**
+             * User Id
+             * @description The app's user id last given with this address.
+             */
+            user_id: string | null;
+            /** @description Why no mail goes to the address (for `unsuppressed`: why it did not). */
+            reason: components["schemas"]["SuppressionReason"];
+            /** Category */
+            category?: null;
+        };
+        /** RecipientSuppressionEvent */
+        RecipientSuppressionEvent: {
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "recipient.suppressed" | "recipient.unsuppressed";
+            data: components["schemas"]["RecipientSuppressionData"];
         };
         /** ReputationRead */
         ReputationRead: {
@@ -2790,7 +2927,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EmailEvent"];
+                "application/json": components["schemas"]["EmailBouncedEvent"];
             };
         };
         responses: {
@@ -2819,7 +2956,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EmailEvent"];
+                "application/json": components["schemas"]["EmailComplainedEvent"];
             };
         };
         responses: {
@@ -2935,7 +3072,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientSuppressionEvent"];
             };
         };
         responses: {
@@ -2964,7 +3101,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientSuppressionEvent"];
             };
         };
         responses: {
@@ -2993,7 +3130,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientOptOutEvent"];
             };
         };
         responses: {
@@ -3022,7 +3159,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientOptOutEvent"];
             };
         };
         responses: {
