@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-
 from standardwebhooks.webhooks import Webhook
 
 from tests.served import PROJECT, ServedTegami
@@ -67,7 +66,10 @@ WEBHOOK_SECRET = "whsec_dGVnYW1pLXdlYmhvb2stdGVzdC1zZWNyZXQtMzJieXQ="
 # What an app's code does with the package: send a password reset to a real tegami, read it
 # back, and verify a signed webhook. The same lines, once required and once imported.
 _USE = """
-const tegami = createTegamiClient({ baseUrl: process.env.TEGAMI_URL, apiKey: process.env.TEGAMI_KEY });
+const tegami = createTegamiClient({
+  baseUrl: process.env.TEGAMI_URL,
+  apiKey: process.env.TEGAMI_KEY,
+});
 const main = async () => {
   const sent = await tegami.send("password-reset", {
     to: "taro@example.com",
