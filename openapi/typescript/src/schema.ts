@@ -2336,7 +2336,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        /** @description An SNS message (JSON), as SNS posts it. */
+        /** @description An SNS message (JSON), as SNS posts it: a Notification carries one SES event in `Message`; a SubscriptionConfirmation is confirmed by tegami itself. */
         requestBody: {
             content: {
                 /**
@@ -2364,7 +2364,96 @@ export interface operations {
                  *       "SigningCertURL": "https://sns.ap-northeast-1.amazonaws.com/SimpleNotificationService-….pem"
                  *     }
                  */
-                "application/json": Record<string, never>;
+                "application/json": {
+                    /**
+                     * Messageid
+                     * @description Unique per message; tegami applies each one once.
+                     */
+                    MessageId: string;
+                    /**
+                     * Topicarn
+                     * @description Must be one of TEGAMI_SNS_TOPIC_ARNS.
+                     */
+                    TopicArn: string;
+                    /**
+                     * Timestamp
+                     * @description When SNS published it (ISO 8601, UTC).
+                     */
+                    Timestamp: string;
+                    /**
+                     * Signatureversion
+                     * @description 1: SHA1withRSA; 2: SHA256withRSA.
+                     * @enum {string}
+                     */
+                    SignatureVersion: "1" | "2";
+                    /**
+                     * Signature
+                     * @description Base64, over the canonical string of the message.
+                     */
+                    Signature: string;
+                    /**
+                     * Signingcerturl
+                     * @description https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem
+                     */
+                    SigningCertURL: string;
+                    /**
+                     * Type
+                     * @constant
+                     */
+                    Type: "Notification";
+                    /** Subject */
+                    Subject?: string | null;
+                    /**
+                     * Message
+                     * @description The SES event, itself a JSON text: `eventType` (event publishing) or `notificationType` (identity notifications) is Bounce, Complaint, Delivery, DeliveryDelay, Send, Reject, Rendering Failure, Open or Click; `mail.messageId` is the SES MessageId tegami recorded at send; `bounce`, `complaint` or `delivery` names the recipients.
+                     */
+                    Message: string;
+                    /** Unsubscribeurl */
+                    UnsubscribeURL?: string | null;
+                } | {
+                    /**
+                     * Messageid
+                     * @description Unique per message; tegami applies each one once.
+                     */
+                    MessageId: string;
+                    /**
+                     * Topicarn
+                     * @description Must be one of TEGAMI_SNS_TOPIC_ARNS.
+                     */
+                    TopicArn: string;
+                    /**
+                     * Timestamp
+                     * @description When SNS published it (ISO 8601, UTC).
+                     */
+                    Timestamp: string;
+                    /**
+                     * Signatureversion
+                     * @description 1: SHA1withRSA; 2: SHA256withRSA.
+                     * @enum {string}
+                     */
+                    SignatureVersion: "1" | "2";
+                    /**
+                     * Signature
+                     * @description Base64, over the canonical string of the message.
+                     */
+                    Signature: string;
+                    /**
+                     * Signingcerturl
+                     * @description https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem
+                     */
+                    SigningCertURL: string;
+                    /**
+                     * Type
+                     * @enum {string}
+                     */
+                    Type: "SubscriptionConfirmation" | "UnsubscribeConfirmation";
+                    /** Message */
+                    Message: string;
+                    /** Token */
+                    Token: string;
+                    /** Subscribeurl */
+                    SubscribeURL: string;
+                };
             };
         };
         responses: {
