@@ -355,24 +355,55 @@ def dev_webhook_secret(state_dir: Path) -> str:
     return secret_file.read_text().strip()
 
 
-def dev(*, host: str, port: int, webhook_url: str | None = None) -> None:
-    # Explicit TEGAMI_* variables win over the development defaults.
-    for key, value in dev_environment(Path(".tegami").resolve(), host=host, port=port).items():
+DEV_STATE = Path(".tegami")
+# What `tegami dev` runs with, for the other commands started from the same directory.
+DEV_ENV_FILE = DEV_STATE / "dev-env.json"
+
+
+def use_dev_settings() -> bool:
+    """From the directory where `tegami dev` runs, with no TEGAMI_DATABASE_URL of its own, a
+    command (api-key, held, webhooks test, simulate, ...) uses the settings dev runs with."""
+    if os.environ.get("TEGAMI_DATABASE_URL") or not DEV_ENV_FILE.is_file():
+        return False
+    for key, value in json.loads(DEV_ENV_FILE.read_text()).items():
         os.environ.setdefault(key, value)
-    from app.db import migrate
+    return True
+
+
+def _remember_dev_environment() -> None:
+    values = {k: v for k, v in os.environ.items() if k.startswith("TEGAMI_")}
+    DEV_ENV_FILE.write_text(json.dumps(values, indent=2))
+    DEV_ENV_FILE.chmod(0o600)  # it holds the dev secrets
+
+
+def dev(*, host: str, port: int, webhook_url: str | None = None, reset: bool = False) -> None:
+    # Explicit TEGAMI_* variables win over the development defaults.
+    for key, value in dev_environment(DEV_STATE.resolve(), host=host, port=port).items():
+        os.environ.setdefault(key, value)
+    from app.db import migrate, unmigrate
 
     if webhook_url is not None:
         os.environ["TEGAMI_WEBHOOK_URL"] = webhook_url
-        os.environ.setdefault("TEGAMI_WEBHOOK_SECRET", dev_webhook_secret(Path(".tegami")))
+        os.environ.setdefault("TEGAMI_WEBHOOK_SECRET", dev_webhook_secret(DEV_STATE))
     settings = _settings_or_exit()
+    if reset:
+        # A clean slate after the simulate tour (bounce and complaint rates included): every
+        # table emptied by going down and up the migrations; the secrets are kept.
+        unmigrate(settings.database_url)
+        for mail in settings.mailbox_dir.glob("*.eml"):
+            mail.unlink()
     migrate(settings.database_url)
-    key = dev_api_key(settings, Path(".tegami").resolve() / "dev-api-key")
+    _remember_dev_environment()
+    key = dev_api_key(settings, DEV_STATE.resolve() / "dev-api-key")
     base = settings.public_base_url
     print(
         f"\ntegami dev is starting on {base}\n"
         f"  API key:  {key}\n"
         f"  mailbox:  {base}/dev/mailbox\n"
         f"  API docs: {base}/docs\n"
+        f"  database: {settings.database_url}\n"
+        "            (tegami api-key, held, webhooks, simulate ... run from this directory use\n"
+        "            it and the settings above by themselves)\n"
         + (
             f"  webhooks: {settings.webhook_url}\n"
             f"            secret {settings.webhook_secret[0].get_secret_value()}\n"
@@ -387,10 +418,13 @@ def dev(*, host: str, port: int, webhook_url: str | None = None) -> None:
     serve(settings, host=host, port=port)
 
 
-def run_simulate(event: str, email: str, *, soft: bool, url: str) -> None:
+def run_simulate(event: str, email: str, *, soft: bool, url: str | None) -> None:
     import httpx
 
     from app.sns.simulate import SimulatedEvent, simulate
+
+    # Where `tegami dev` of this directory runs (its port), unless --url says otherwise.
+    url = url or os.environ.get("TEGAMI_PUBLIC_BASE_URL") or "http://127.0.0.1:8000"
 
     kind = SimulatedEvent(event)
     if soft and kind is not SimulatedEvent.BOUNCE:
@@ -444,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="post the events (signed, Standard Webhooks) to URL, e.g. http://127.0.0.1:9000/hook",
     )
+    commands.choices["dev"].add_argument(
+        "--reset",
+        action="store_true",
+        help="start from an empty database and mailbox (mails, suppressions, keys, bounce and "
+        "complaint rates); the secrets are kept, a new API key is printed",
+    )
 
     commands.add_parser("worker", help="run the worker alone")
     commands.add_parser("migrate", help="bring the database schema up to date")
@@ -492,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "--url",
-        default="http://127.0.0.1:8000",
-        help="where `tegami dev` runs (default: http://127.0.0.1:8000)",
+        help="where `tegami dev` runs (default: where the `tegami dev` of this directory "
+        "runs, else http://127.0.0.1:8000)",
     )
 
     add_domain_commands(commands)
@@ -526,10 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command not in ("dev", "serve", "worker", "openapi") and use_dev_settings():
+        print(f"tegami: with the settings of `tegami dev` ({DEV_ENV_FILE})", file=sys.stderr)
     if args.command == "serve":
         serve(_settings_or_exit(), host=args.host, port=args.port)
     elif args.command == "dev":
-        dev(host=args.host, port=args.port, webhook_url=args.webhook_url)
+        dev(host=args.host, port=args.port, webhook_url=args.webhook_url, reset=args.reset)
     elif args.command == "worker":
         from app.ops.logging import configure_logging
 
@@ -551,8 +593,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_domain_command(args))
     elif args.command == "held":
         from app.emails.held import run_held_command
+        from app.ops.reputation import guard_outlook
 
-        raise SystemExit(run_held_command(args))
+        raise SystemExit(run_held_command(args, outlook=guard_outlook))
     elif args.command == "suppressions":
         raise SystemExit(run_import_from_ses(_settings_or_exit()))
     elif args.command == "doctor":

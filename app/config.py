@@ -39,7 +39,16 @@ class DatabaseSettings(BaseSettings):
         return to_asyncpg_url(self.database_url)
 
 
-class Settings(DatabaseSettings):
+class GuardSettings(DatabaseSettings):
+    """The reputation guard's settings: `tegami held release` reads them to say what the guard
+    will do next, with only the database configured."""
+
+    reputation_guard: bool = True
+    reputation_window: int = Field(default=1000, ge=1)
+    reputation_min_sends: int = Field(default=200, ge=1)
+
+
+class Settings(GuardSettings):
     # Required: the service cannot run safely without them.
     public_base_url: str
     unsubscribe_secret: Annotated[list[SecretStr], NoDecode]
@@ -64,9 +73,6 @@ class Settings(DatabaseSettings):
     dns_nameserver: str | None = None
     sns_cert_dir: Path | None = None
     sns_max_age_seconds: int = Field(default=3900, ge=0)
-    reputation_guard: bool = True
-    reputation_window: int = Field(default=1000, ge=1)
-    reputation_min_sends: int = Field(default=200, ge=1)
     alert_webhook_url: str | None = None
     cloudwatch_emf: bool = False
     retention_days: int = Field(default=400, ge=1)

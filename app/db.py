@@ -165,12 +165,24 @@ def alembic_ini() -> Path:
     raise SystemExit("tegami: alembic.ini not found (run from the project directory)")
 
 
-def migrate(database_url: str) -> None:
-    from alembic import command
+def _alembic_config(database_url: str) -> Any:
     from alembic.config import Config
 
     config = Config(str(alembic_ini()))
     config.attributes["configure_logger"] = False
     # configparser treats % as interpolation; URLs may hold percent-escapes.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    return config
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(database_url), "head")
+
+
+def unmigrate(database_url: str) -> None:
+    """Every migration undone: no table left (`tegami dev --reset`, never production)."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(database_url), "base")

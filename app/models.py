@@ -66,6 +66,16 @@ PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
 CANCELLABLE_STATUSES = (MessageStatus.QUEUED, MessageStatus.SCHEDULED, MessageStatus.HELD)
 
 
+class MailType(StrEnum):
+    """The mails of the seed, as the send path names them (`POST /emails/<type>`); what each
+    says and how long its link lives is in app/emails/catalog.py."""
+
+    VERIFY_EMAIL = "verify-email"
+    PASSWORD_RESET = "password-reset"  # noqa: S105 (a mail type, not a password)
+    EMAIL_CHANGE = "email-change"
+    MATCHING_NOTIFICATION = "matching-notification"
+
+
 class SuppressionReason(StrEnum):
     HARD_BOUNCE = "hard_bounce"
     SOFT_BOUNCE_LIMIT = "soft_bounce_limit"

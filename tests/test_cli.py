@@ -221,11 +221,20 @@ async def test_held_mail_is_listed_released_and_discarded_by_the_operator(
 
     listed = tegami("held", "list", database_url=database_url)
     assert listed.returncode == 0, listed.stderr
-    assert {line.split()[0] for line in listed.stdout.splitlines()[:-1]} == set(ids)
-    assert listed.stdout.splitlines()[-1] == "2 held"
+    rows = listed.stdout.splitlines()
+    assert {line.split()[0] for line in rows[:2]} == set(ids)
+    # Each row: the type, the masked recipient, since when and why.
+    assert {line.split()[2] for line in rows[:2]} == {"a***@example.com", "b***@example.com"}
+    assert all("over SES's review level" in line for line in rows[:2])
+    assert "@example.com" not in " ".join(rows[:2]).replace("***@example.com", "")
+    assert rows[2] == "2 held"
+    # ... and what the guard will do (no sends counted yet: it holds nothing).
+    assert rows[3].startswith("The guard will not hold it again while the rates stay low")
 
     released = tegami("held", "release", ids[0], database_url=database_url)
-    assert (released.returncode, released.stdout) == (0, "1 released\n")
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.splitlines()[0] == "1 released"
+    assert "The guard will not hold it again" in released.stdout
     discarded = tegami("held", "discard", "--all", database_url=database_url)
     assert (discarded.returncode, discarded.stdout) == (0, "1 discarded\n")
     neither = tegami("held", "discard", database_url=database_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import html
+import json
 import re
 from email.message import EmailMessage
 from pathlib import Path
@@ -147,7 +148,8 @@ async def _webhook_events(request: Request, session: SessionDep) -> str:
         f"<td>{html.escape(row.type)}</td><td><code>{webhook_id(row.id)}</code></td>"
         f"<td>{html.escape(row.status)}</td><td>{row.attempts}</td>"
         f"<td>{html.escape(str(row.last_status or row.last_error or ''))}</td>"
-        f"<td><code>{html.escape(str(row.data))}</code></td></tr>"
+        f"<td><pre>{html.escape(json.dumps(row.data, ensure_ascii=False, indent=2))}</pre></td>"
+        "</tr>"
         for row in await deliveries.list_deliveries(session, status=None, limit=100)
     ]
     return (

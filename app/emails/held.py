@@ -13,11 +13,18 @@ import argparse
 import asyncio
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import load_database_settings
 from app.db import create_engine
 from app.emails import outbox
+from app.recipients.addresses import mask_address
+
+# What the guard will do next, in a sentence (the caller reads the rates: app/ops).
+GuardOutlook = Callable[[AsyncEngine], Awaitable[str]]
 
 
 def add_held_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +32,9 @@ def add_held_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "held", help="mail held by the reputation guard (needs only TEGAMI_DATABASE_URL)"
     )
     actions = held.add_subparsers(dest="held_command", required=True)
-    actions.add_parser("list", help="every held mail: id, type, category, accepted at")
+    actions.add_parser(
+        "list", help="every held mail: id, type, masked recipient, held since, and why"
+    )
     for name, what in (
         ("release", "back to the queue now, sent at the shared rate"),
         ("discard", "never sent: failed, with the operator's cause on its history"),
@@ -35,20 +44,24 @@ def add_held_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         action.add_argument("--all", action="store_true", help="every held mail")
 
 
-def run_held_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_held_command(
+    args: argparse.Namespace, out: TextIO = sys.stdout, *, outlook: GuardOutlook | None = None
+) -> int:
     if args.held_command != "list" and bool(args.ids) == bool(args.all):
         print("tegami: name the email ids, or --all (not both)", file=sys.stderr)
         return 2
     try:
         settings = load_database_settings()
-        return asyncio.run(_run(settings.sqlalchemy_url, args, out))
+        return asyncio.run(_run(settings.sqlalchemy_url, args, out, outlook))
     except Exception as exc:  # one line, never a traceback
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"tegami: {reason}", file=sys.stderr)
         return 1
 
 
-async def _run(url: str, args: argparse.Namespace, out: TextIO) -> int:
+async def _run(
+    url: str, args: argparse.Namespace, out: TextIO, outlook: GuardOutlook | None
+) -> int:
     engine = create_engine(url, pool_size=1, max_overflow=0)
     cause = "cli:held"
     try:
@@ -56,17 +69,27 @@ async def _run(url: str, args: argparse.Namespace, out: TextIO) -> int:
             if args.held_command == "list":
                 held = await outbox.held_mail(conn)
                 for mail in held:
-                    when = mail.created_at.strftime("%Y-%m-%d %H:%M UTC")
-                    print(f"{mail.id}  {mail.kind:<22} {mail.category:<9} {when}", file=out)
+                    to = mask_address(mail.to_address) if mail.to_address else "(erased)"
+                    since = (mail.held_at or mail.created_at).strftime("%Y-%m-%d %H:%M UTC")
+                    print(
+                        f"{mail.id}  {mail.kind:<22} {to:<26} held since {since}: {mail.why}",
+                        file=out,
+                    )
                 print(f"{len(held)} held", file=out)
-                return 0
-            ids = None if args.all else list(args.ids)
-            if args.held_command == "release":
-                count = await outbox.release_held(conn, ids=ids, cause=cause)
             else:
-                count = await outbox.discard_held(conn, ids=ids, cause=cause)
+                ids = None if args.all else list(args.ids)
+                if args.held_command == "release":
+                    count = await outbox.release_held(conn, ids=ids, cause=cause)
+                else:
+                    count = await outbox.discard_held(conn, ids=ids, cause=cause)
+        if args.held_command == "list":
+            if held and outlook is not None:
+                print(await outlook(engine), file=out)
+            return 0
+        verb = "released" if args.held_command == "release" else "discarded"
+        print(f"{count} {verb}", file=out)
+        if args.held_command == "release" and count and outlook is not None:
+            print(await outlook(engine), file=out)
+        return 0
     finally:
         await engine.dispose()
-    verb = "released" if args.held_command == "release" else "discarded"
-    print(f"{count} {verb}", file=out)
-    return 0

@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, update
+from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import NamedStatement
@@ -1024,12 +1024,32 @@ class HeldMail:
     kind: str
     category: str
     created_at: datetime
+    to_address: str | None
+    # The newest `held` line of its history: why and since when.
+    why: str | None
+    held_at: datetime | None
 
 
 async def held_mail(connection: AsyncConnection) -> list[HeldMail]:
     """Mail the reputation guard holds, oldest first."""
+    last_hold = (
+        select(MessageEvent.detail, MessageEvent.created_at)
+        .where(MessageEvent.message_id == Message.id, MessageEvent.kind == "held")
+        .order_by(MessageEvent.created_at.desc())
+        .limit(1)
+        .lateral("last_hold")
+    )
     rows = await connection.execute(
-        select(Message.id, Message.kind, Message.category, Message.created_at)
+        select(
+            Message.id,
+            Message.kind,
+            Message.category,
+            Message.created_at,
+            Message.to_address,
+            last_hold.c.detail,
+            last_hold.c.created_at,
+        )
+        .outerjoin(last_hold, true())
         .where(Message.status == MessageStatus.HELD)
         .order_by(Message.created_at)
     )

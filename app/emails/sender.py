@@ -157,6 +157,13 @@ class SesSender:
         return dict(await self._client.get_account())
 
 
+def with_message_id(raw: bytes, message_id: str) -> bytes:
+    """The mail with a Message-ID header in SES's form, as SES adds one to every mail it sends:
+    a spam filter scores the local copy as it would score the real one."""
+    newline = b"\r\n" if b"\r\n" in raw[:2000] else b"\n"
+    return f"Message-ID: <{message_id}@email.amazonses.com>".encode() + newline + raw
+
+
 class MailboxSender:
     """Development backend: each mail becomes an .eml file, listed at /dev/mailbox."""
 
@@ -168,7 +175,7 @@ class MailboxSender:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         path = anyio.Path(self.directory) / f"{stamp}-{message_id}.eml"
         await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
-        await path.write_bytes(mail.raw)
+        await path.write_bytes(with_message_id(mail.raw, message_id))
         return message_id
 
     async def max_send_rate(self) -> float | None:

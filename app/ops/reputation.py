@@ -31,7 +31,7 @@ import httpx
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import Settings
+from app.config import GuardSettings, Settings
 from app.emails import outbox
 from app.models import OPTIONAL_CATEGORIES, Message, MessageEvent
 from app.ops.alerts import post_alert
@@ -136,6 +136,27 @@ async def read_rates(engine: AsyncEngine, *, window: int) -> Rates:
     async with engine.connect() as conn:
         sends, hard_bounces, complaints = (await conn.execute(statement)).one()
     return Rates(sends=sends, hard_bounces=hard_bounces, complaints=complaints)
+
+
+async def guard_outlook(engine: AsyncEngine) -> str:
+    """What the guard will do with released mail, read from the database as the guard reads
+    it: said by `tegami held release` and `held list`."""
+    settings = GuardSettings()
+    if not settings.reputation_guard:
+        return "The reputation guard is off (TEGAMI_REPUTATION_GUARD=false): it holds nothing."
+    rates = await read_rates(engine, window=settings.reputation_window)
+    verdict = judge(rates, min_sends=settings.reputation_min_sends, guard=True)
+    figures = (
+        f"bounce rate {rates.bounce_rate:.2%} (review at {BOUNCE_REVIEW:.0%}), "
+        f"complaint rate {rates.complaint_rate:.3%} (review at {COMPLAINT_REVIEW:.1%}) "
+        f"over the last {rates.sends} sends"
+    )
+    if verdict.hold:
+        return (
+            f"The guard holds optional mail again within {EVALUATE_SECONDS:.0f} s: {figures}. "
+            "It releases it by itself once the rates fall."
+        )
+    return f"The guard will not hold it again while the rates stay low: {figures}."
 
 
 @dataclass

@@ -13,6 +13,7 @@ from app.db import driver_connection
 from app.errors import AppError, error_responses
 from app.ops.metrics import SNS_MESSAGES
 from app.sns import feedback, service
+from app.sns.schemas import sns_message_schema
 from app.sns.service import SnsOutcome
 from app.sns.signature import (
     CertificateStore,
@@ -81,10 +82,15 @@ _SNS_EXAMPLE = {
     openapi_extra={
         "requestBody": {
             "required": True,
-            "description": "An SNS message (JSON), as SNS posts it.",
+            "description": "An SNS message (JSON), as SNS posts it: a Notification carries one SES "
+            "event in `Message`; a SubscriptionConfirmation is confirmed by tegami itself.",
             "content": {
-                "text/plain": {"schema": {"type": "string"}, "example": _SNS_EXAMPLE},
-                "application/json": {"schema": {"type": "object"}, "example": _SNS_EXAMPLE},
+                # SNS sends JSON as text/plain: the same message, either way.
+                "text/plain": {
+                    "schema": {"type": "string", "contentMediaType": "application/json"},
+                    "example": _SNS_EXAMPLE,
+                },
+                "application/json": {"schema": sns_message_schema(), "example": _SNS_EXAMPLE},
             },
         }
     },

@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.errors import OptedOutCategory
+from app.models import MailType, MessageStatus, SuppressionReason
+
 
 class EventType(StrEnum):
     EMAIL_SENT = "email.sent"
@@ -37,31 +40,70 @@ EMAIL_EVENTS = tuple(t for t in EventType if t.value.startswith("email."))
 WORKER_STATUSES = ("sent", "failed", "expired", "held")
 
 
+# SES's documented values (Bounce.bounceType, Complaint.complaintFeedbackType), so the app can
+# switch on them exhaustively.
+BounceType = Literal["Permanent", "Transient", "Undetermined"]
+ComplaintFeedbackType = Literal["abuse", "auth-failure", "fraud", "not-spam", "other", "virus"]
+
+
 class EmailEventData(BaseModel):
+    """What every `email.*` event carries; each event narrows the SES fields it fills."""
+
     email_id: uuid.UUID = Field(
         description="The id the send (`POST /emails/<type>`) answered with."
     )
-    type: str = Field(description="The email type, as in the path it was sent with.")
+    type: MailType = Field(description="The email type, as in the path it was sent with.")
     user_id: str | None = Field(description="The app's own user id, when it gave one.")
     address: str | None = Field(description="The recipient, as the app gave it (null if erased).")
-    status: str = Field(description="The email's status after the event.")
-    ses_type: str | None = Field(
-        default=None, description="Bounces: SES's bounceType; complaints: complaintFeedbackType."
+    status: MessageStatus = Field(description="The email's status after the event.")
+    ses_type: None = Field(default=None, description="Only bounces and complaints carry one.")
+    ses_subtype: None = Field(default=None, description="Only bounces carry one.")
+    diagnostic: None = Field(default=None, description="Only bounces carry one.")
+
+
+class EmailBouncedData(EmailEventData):
+    ses_type: BounceType = Field(  # type: ignore[assignment]
+        description="SES's bounceType: Permanent (the address does not work) or Transient / "
+        "Undetermined (tegami sends again later while the link is valid)."
     )
-    ses_subtype: str | None = Field(default=None, description="Bounces: SES's bounceSubType.")
-    diagnostic: str | None = Field(
-        default=None, description="Bounces: the receiving server's diagnostic, when SES had one."
+    ses_subtype: str | None = Field(  # type: ignore[assignment]
+        default=None, description="SES's bounceSubType (General, NoEmail, Suppressed, ...)."
     )
+    diagnostic: str | None = Field(  # type: ignore[assignment]
+        default=None, description="The receiving server's diagnostic, when SES had one."
+    )
+
+
+class EmailComplainedData(EmailEventData):
+    ses_type: ComplaintFeedbackType | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="SES's complaintFeedbackType, when the mailbox provider sent one.",
+    )
+
+
+class RecipientSuppressionData(BaseModel):
+    address: str | None = Field(description="The address the change is about (null if erased).")
+    user_id: str | None = Field(description="The app's user id last given with this address.")
+    reason: SuppressionReason = Field(
+        description="Why no mail goes to the address (for `unsuppressed`: why it did not)."
+    )
+    category: None = None
+
+
+class RecipientOptOutData(BaseModel):
+    address: str | None = Field(description="The address the change is about.")
+    user_id: str | None = Field(description="The app's user id last given with this address.")
+    reason: None = None
+    category: OptedOutCategory = Field(description="The category of optional mail.")
 
 
 class RecipientEventData(BaseModel):
-    address: str | None = Field(description="The address the change is about.")
-    user_id: str | None = Field(description="The app's user id last given with this address.")
-    reason: str | None = Field(
-        default=None,
-        description="Suppressions: hard_bounce, soft_bounce_limit, complaint or manual.",
-    )
-    category: str | None = Field(default=None, description="Opt-outs: the mail category.")
+    """What the recipients' owner records; the events below narrow it per type."""
+
+    address: str | None
+    user_id: str | None
+    reason: str | None = None
+    category: str | None = None
 
 
 class RecipientErasedData(BaseModel):
@@ -84,8 +126,6 @@ class EmailEvent(_Envelope):
         "email.sent",
         "email.delivered",
         "email.delivery_delayed",
-        "email.bounced",
-        "email.complained",
         "email.failed",
         "email.expired",
         "email.held",
@@ -94,14 +134,24 @@ class EmailEvent(_Envelope):
     data: EmailEventData
 
 
-class RecipientEvent(_Envelope):
-    type: Literal[
-        "recipient.suppressed",
-        "recipient.unsuppressed",
-        "recipient.opted_out",
-        "recipient.opted_in",
-    ]
-    data: RecipientEventData
+class EmailBouncedEvent(_Envelope):
+    type: Literal["email.bounced"]
+    data: EmailBouncedData
+
+
+class EmailComplainedEvent(_Envelope):
+    type: Literal["email.complained"]
+    data: EmailComplainedData
+
+
+class RecipientSuppressionEvent(_Envelope):
+    type: Literal["recipient.suppressed", "recipient.unsuppressed"]
+    data: RecipientSuppressionData
+
+
+class RecipientOptOutEvent(_Envelope):
+    type: Literal["recipient.opted_out", "recipient.opted_in"]
+    data: RecipientOptOutData
 
 
 class RecipientErasedEvent(_Envelope):
@@ -136,14 +186,21 @@ DESCRIPTIONS: dict[EventType, str] = {
 }
 
 
+_MODELS: dict[EventType, type[_Envelope]] = {
+    EventType.EMAIL_BOUNCED: EmailBouncedEvent,
+    EventType.EMAIL_COMPLAINED: EmailComplainedEvent,
+    EventType.RECIPIENT_SUPPRESSED: RecipientSuppressionEvent,
+    EventType.RECIPIENT_UNSUPPRESSED: RecipientSuppressionEvent,
+    EventType.RECIPIENT_OPTED_OUT: RecipientOptOutEvent,
+    EventType.RECIPIENT_OPTED_IN: RecipientOptOutEvent,
+    EventType.RECIPIENT_ERASED: RecipientErasedEvent,
+    EventType.WEBHOOK_TEST: WebhookTestEvent,
+}
+
+
 def model_for(event_type: EventType) -> type[_Envelope]:
-    if event_type is EventType.RECIPIENT_ERASED:
-        return RecipientErasedEvent
-    if event_type is EventType.WEBHOOK_TEST:
-        return WebhookTestEvent
-    if event_type in EMAIL_EVENTS:
-        return EmailEvent
-    return RecipientEvent
+    """The shape of one event's body, narrowed for its type (the OpenAPI `webhooks`)."""
+    return _MODELS.get(event_type, EmailEvent)
 
 
 def webhook_id(delivery_id: uuid.UUID) -> str:

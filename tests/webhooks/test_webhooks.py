@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from app.webhooks.events import EventType, model_for
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
 from tests.ses import MotoSes
@@ -80,12 +81,14 @@ class Receiver:
             self.server.server_close()
 
     def events(self) -> list[dict[str, Any]]:
-        """Every delivery, verified as the app would; a bad signature fails the test."""
+        """Every delivery, verified as the app would; a bad signature fails the test, and so
+        does a body that is not the shape the OpenAPI `webhooks` promise for its type."""
         verified = []
         with self._lock:
             received = list(self.received)
         for headers, body in received:
             event = Webhook(SECRET).verify(body, headers)
+            model_for(EventType(event["type"])).model_validate(event)
             event["webhook_id"] = headers["webhook-id"]
             verified.append(event)
         return verified

@@ -84,6 +84,166 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/emails/verify-email/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send up to 500 mails of this type at once
+         * @description Each item is the body of the single send, checked as it would be: a bad, suppressed or opted-out item is refused alone (its result holds the `error` the single send would answer), the others are accepted. One statement stores them all; the answer comes after it committed. `Idempotency-Key` covers the whole batch.
+         */
+        post: operations["sendVerifyEmailBatch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/verify-email/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Render this mail as it would be sent, without sending it
+         * @description The send body, checked as a send would be (422), rendered by the worker's own function; the unsubscribe link is a placeholder. Nothing is stored or sent.
+         */
+        post: operations["previewVerifyEmail"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/password-reset/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send up to 500 mails of this type at once
+         * @description Each item is the body of the single send, checked as it would be: a bad, suppressed or opted-out item is refused alone (its result holds the `error` the single send would answer), the others are accepted. One statement stores them all; the answer comes after it committed. `Idempotency-Key` covers the whole batch.
+         */
+        post: operations["sendPasswordResetBatch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/password-reset/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Render this mail as it would be sent, without sending it
+         * @description The send body, checked as a send would be (422), rendered by the worker's own function; the unsubscribe link is a placeholder. Nothing is stored or sent.
+         */
+        post: operations["previewPasswordReset"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/email-change/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send up to 500 mails of this type at once
+         * @description Each item is the body of the single send, checked as it would be: a bad, suppressed or opted-out item is refused alone (its result holds the `error` the single send would answer), the others are accepted. One statement stores them all; the answer comes after it committed. `Idempotency-Key` covers the whole batch.
+         */
+        post: operations["sendEmailChangeBatch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/email-change/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Render this mail as it would be sent, without sending it
+         * @description The send body, checked as a send would be (422), rendered by the worker's own function; the unsubscribe link is a placeholder. Nothing is stored or sent.
+         */
+        post: operations["previewEmailChange"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/matching-notification/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send up to 500 mails of this type at once
+         * @description Each item is the body of the single send, checked as it would be: a bad, suppressed or opted-out item is refused alone (its result holds the `error` the single send would answer), the others are accepted. One statement stores them all; the answer comes after it committed. `Idempotency-Key` covers the whole batch.
+         */
+        post: operations["sendMatchingNotificationBatch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/emails/matching-notification/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Render this mail as it would be sent, without sending it
+         * @description The send body, checked as a send would be (422), rendered by the worker's own function; the unsubscribe link is a placeholder. Nothing is stored or sent.
+         */
+        post: operations["previewMatchingNotification"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/emails/{id}": {
         parameters: {
             query?: never;
@@ -95,7 +255,11 @@ export interface paths {
         get: operations["getEmail"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Cancel a mail not yet handed to SES
+         * @description Stops a `queued`, `scheduled` or `held` mail: it becomes `cancelled` (history event `cancelled`, webhook `email.cancelled`) and is never sent.
+         */
+        delete: operations["cancelEmail"];
         options?: never;
         head?: never;
         patch?: never;
@@ -311,7 +475,7 @@ export interface paths {
         };
         /**
          * Ready to send? SES account, identity, events, SNS, DNS, schema, public URL
-         * @description The same checks as `tegami doctor`, asked of SES, SNS and DNS now (a few seconds). Always 200: `ready` and each check's `status` say what is missing.
+         * @description The same checks as `tegami doctor`, asked of SES, SNS and DNS (a few seconds); the answer is kept for 30 s, so calls meanwhile ask nothing again. Always 200: `ready` and each check's `status` say what is missing.
          */
         get: operations["getSetup"];
         put?: never;
@@ -498,6 +662,26 @@ export interface webhooks {
          * @description Optional mail held while the bounce or complaint rate is high. Signed as the Standard Webhooks specification says (headers `webhook-id`, `webhook-timestamp`, `webhook-signature`). Answer 2xx within 10 s; anything else is retried, with the same `webhook-id`, for more than a day.
          */
         post: operations["emailHeld"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "email.cancelled": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * email.cancelled
+         * @description The app cancelled the email (`DELETE /emails/{id}`) before it was handed to SES: it is never sent. Signed as the Standard Webhooks specification says (headers `webhook-id`, `webhook-timestamp`, `webhook-signature`). Answer 2xx within 10 s; anything else is retried, with the same `webhook-id`, for more than a day.
+         */
+        post: operations["emailCancelled"];
         delete?: never;
         options?: never;
         head?: never;
@@ -738,8 +922,95 @@ export interface components {
              * Format: uuid
              */
             id: string;
-            /** @description `queued` (also when replayed). */
+            /** @description `queued`, or `scheduled` when it waits for its `send_at` or for the end of quiet hours (also when replayed). */
             status: components["schemas"]["MessageStatus"];
+        };
+        /** EmailBatchAccepted */
+        EmailBatchAccepted: {
+            /**
+             * Results
+             * @description One per item, in the items' order.
+             */
+            results: components["schemas"]["EmailBatchResult"][];
+        };
+        /**
+         * EmailBatchResult
+         * @description One item's answer: ``id`` and ``status`` when accepted, else ``error``, exactly as the
+         *     single send would have refused it (`invalid_request`, `invalid_params`, `suppressed`,
+         *     `opted_out`).
+         */
+        EmailBatchResult: {
+            /** Id */
+            id?: string | null;
+            status?: components["schemas"]["MessageStatus"] | null;
+            error?: components["schemas"]["ErrorBody"] | null;
+        };
+        /** EmailBouncedData */
+        EmailBouncedData: {
+            /**
+             * Email Id
+             * Format: uuid
+             * @description The id the send (`POST /emails/<type>`) answered with.
+             */
+            email_id: string;
+            /** @description The email type, as in the path it was sent with. */
+            type: components["schemas"]["MailType"];
+            /**
+             * User Id
+             * @description The app's own user id, when it gave one.
+             */
+            user_id: string | null;
+            /**
+             * Address
+             * @description The recipient, as the app gave it (null if erased).
+             */
+            address: string | null;
+            /** @description The email's status after the event. */
+            status: components["schemas"]["MessageStatus"];
+            /**
+             * Ses Type
+             * @description SES's bounceType: Permanent (the address does not work) or Transient / Undetermined (tegami sends again later while the link is valid).
+             * @enum {string}
+             */
+            ses_type: "Permanent" | "Transient" | "Undetermined";
+            /**
+             * Ses Subtype
+             * @description SES's bounceSubType (General, NoEmail, Suppressed, ...).
+             */
+            ses_subtype?: string | null;
+            /**
+             * Diagnostic
+             * @description The receiving server's diagnostic, when SES had one.
+             */
+            diagnostic?: string | null;
+        };
+        /** EmailBouncedEvent */
+        EmailBouncedEvent: {
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @constant
+             */
+            type: "email.bounced";
+            data: components["schemas"]["EmailBouncedData"];
+        };
+        /** EmailCancelled */
+        EmailCancelled: {
+            /** @description `cancelled`. */
+            status: components["schemas"]["MessageStatus"];
+        };
+        /** EmailChangeBatch */
+        EmailChangeBatch: {
+            /**
+             * Emails
+             * @description 1 to 500 mails, each exactly the body of the single send.
+             */
+            emails: components["schemas"]["EmailChangeCreate"][];
         };
         /**
          * EmailChangeCreate
@@ -763,6 +1034,12 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Send At
+             * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
+             * @example 2026-12-06T08:00:00+09:00
+             */
+            send_at?: string | null;
         };
         /** EmailChangeParams */
         EmailChangeParams: {
@@ -771,6 +1048,59 @@ export interface components {
              * @description The link that confirms the new address (the recipient). An https:// link on a host in TEGAMI_LINK_HOSTS.
              */
             verification_url: string;
+        };
+        /** EmailComplainedData */
+        EmailComplainedData: {
+            /**
+             * Email Id
+             * Format: uuid
+             * @description The id the send (`POST /emails/<type>`) answered with.
+             */
+            email_id: string;
+            /** @description The email type, as in the path it was sent with. */
+            type: components["schemas"]["MailType"];
+            /**
+             * User Id
+             * @description The app's own user id, when it gave one.
+             */
+            user_id: string | null;
+            /**
+             * Address
+             * @description The recipient, as the app gave it (null if erased).
+             */
+            address: string | null;
+            /** @description The email's status after the event. */
+            status: components["schemas"]["MessageStatus"];
+            /**
+             * Ses Type
+             * @description SES's complaintFeedbackType, when the mailbox provider sent one.
+             */
+            ses_type?: ("abuse" | "auth-failure" | "fraud" | "not-spam" | "other" | "virus") | null;
+            /**
+             * Ses Subtype
+             * @description Only bounces carry one.
+             */
+            ses_subtype?: null;
+            /**
+             * Diagnostic
+             * @description Only bounces carry one.
+             */
+            diagnostic?: null;
+        };
+        /** EmailComplainedEvent */
+        EmailComplainedEvent: {
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @constant
+             */
+            type: "email.complained";
+            data: components["schemas"]["EmailComplainedData"];
         };
         /** EmailEvent */
         EmailEvent: {
@@ -784,10 +1114,13 @@ export interface components {
              * Type
              * @enum {string}
              */
-            type: "email.sent" | "email.delivered" | "email.delivery_delayed" | "email.bounced" | "email.complained" | "email.failed" | "email.expired" | "email.held";
+            type: "email.sent" | "email.delivered" | "email.delivery_delayed" | "email.failed" | "email.expired" | "email.held" | "email.cancelled";
             data: components["schemas"]["EmailEventData"];
         };
-        /** EmailEventData */
+        /**
+         * EmailEventData
+         * @description What every `email.*` event carries; each event narrows the SES fields it fills.
+         */
         EmailEventData: {
             /**
              * Email Id
@@ -795,11 +1128,8 @@ export interface components {
              * @description The id the send (`POST /emails/<type>`) answered with.
              */
             email_id: string;
-            /**
-             * Type
-             * @description The email type, as in the path it was sent with.
-             */
-            type: string;
+            /** @description The email type, as in the path it was sent with. */
+            type: components["schemas"]["MailType"];
             /**
              * User Id
              * @description The app's own user id, when it gave one.
@@ -810,26 +1140,23 @@ export interface components {
              * @description The recipient, as the app gave it (null if erased).
              */
             address: string | null;
-            /**
-             * Status
-             * @description The email's status after the event.
-             */
-            status: string;
+            /** @description The email's status after the event. */
+            status: components["schemas"]["MessageStatus"];
             /**
              * Ses Type
-             * @description Bounces: SES's bounceType; complaints: complaintFeedbackType.
+             * @description Only bounces and complaints carry one.
              */
-            ses_type?: string | null;
+            ses_type?: null;
             /**
              * Ses Subtype
-             * @description Bounces: SES's bounceSubType.
+             * @description Only bounces carry one.
              */
-            ses_subtype?: string | null;
+            ses_subtype?: null;
             /**
              * Diagnostic
-             * @description Bounces: the receiving server's diagnostic, when SES had one.
+             * @description Only bounces carry one.
              */
-            diagnostic?: string | null;
+            diagnostic?: null;
         };
         /** EmailEventRead */
         EmailEventRead: {
@@ -844,6 +1171,19 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+        };
+        /**
+         * EmailPreview
+         * @description The mail as it would be sent, rendered by the worker's own function; the unsubscribe
+         *     link is a placeholder (each sent mail gets its own).
+         */
+        EmailPreview: {
+            /** Subject */
+            subject: string;
+            /** Text */
+            text: string;
+            /** Html */
+            html: string;
         };
         /** EmailRead */
         EmailRead: {
@@ -871,6 +1211,11 @@ export interface components {
             created_at: string;
             /** Sent At */
             sent_at: string | null;
+            /**
+             * Send At
+             * @description When a `scheduled` mail was first due: its `send_at`, or the end of quiet hours; null when it was due at once.
+             */
+            send_at: string | null;
             /** Expires At */
             expires_at: string | null;
             /** Ses Message Id */
@@ -909,6 +1254,8 @@ export interface components {
             reason?: components["schemas"]["SuppressionReason"] | components["schemas"]["OptedOutCategory"] | null;
             /** @description 409 `opted_out`: the category the recipient left. */
             category?: components["schemas"]["OptedOutCategory"] | null;
+            /** @description 409 `not_cancellable`: the email's status (`sending`: being handed to SES now; `sent`, `delivered`, ...: too late). */
+            status?: components["schemas"]["MessageStatus"] | null;
             /**
              * Detail
              * @description 422: each field that is wrong, and why.
@@ -920,7 +1267,7 @@ export interface components {
          * @description Every ``error.code`` an answer can carry (the contract: a client may switch on it).
          * @enum {string}
          */
-        ErrorCode: "unauthorized" | "forbidden" | "not_found" | "email_not_found" | "recipient_not_found" | "suppression_not_found" | "method_not_allowed" | "suppressed" | "opted_out" | "payload_too_large" | "unsupported_media_type" | "invalid_request" | "invalid_params" | "idempotency_key_reused" | "category_not_optional" | "ses_unavailable" | "unavailable" | "internal_error" | "http_error" | "not_sns_message" | "unreadable_ses_event" | "topic_not_allowed" | "cert_url" | "cert_not_valid" | "bad_signature" | "signature_version" | "bad_timestamp" | "too_old" | "in_future" | "subscribe_url" | "subscribe_failed" | "certificate_unavailable";
+        ErrorCode: "unauthorized" | "forbidden" | "not_found" | "email_not_found" | "recipient_not_found" | "suppression_not_found" | "method_not_allowed" | "suppressed" | "opted_out" | "payload_too_large" | "unsupported_media_type" | "invalid_request" | "invalid_params" | "idempotency_key_reused" | "category_not_optional" | "not_cancellable" | "ses_unavailable" | "unavailable" | "internal_error" | "http_error" | "not_sns_message" | "unreadable_ses_event" | "topic_not_allowed" | "cert_url" | "cert_not_valid" | "bad_signature" | "signature_version" | "bad_timestamp" | "too_old" | "in_future" | "subscribe_url" | "subscribe_failed" | "certificate_unavailable";
         /** ErrorDetail */
         ErrorDetail: {
             /**
@@ -954,6 +1301,21 @@ export interface components {
          */
         Level: "ok" | "warning" | "alert" | "critical";
         /**
+         * MailType
+         * @description The mails of the seed, as the send path names them (`POST /emails/<type>`); what each
+         *     says and how long its link lives is in app/emails/catalog.py.
+         * @enum {string}
+         */
+        MailType: "verify-email" | "password-reset" | "email-change" | "matching-notification";
+        /** MatchingNotificationBatch */
+        MatchingNotificationBatch: {
+            /**
+             * Emails
+             * @description 1 to 500 mails, each exactly the body of the single send.
+             */
+            emails: components["schemas"]["MatchingNotificationCreate"][];
+        };
+        /**
          * MatchingNotificationCreate
          * @example {
          *       "params": {
@@ -975,6 +1337,12 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Send At
+             * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
+             * @example 2026-12-06T08:00:00+09:00
+             */
+            send_at?: string | null;
         };
         /** MatchingNotificationParams */
         MatchingNotificationParams: {
@@ -988,7 +1356,7 @@ export interface components {
          * MessageStatus
          * @enum {string}
          */
-        MessageStatus: "queued" | "sending" | "sent" | "delivered" | "bounced" | "complained" | "held" | "expired" | "failed";
+        MessageStatus: "scheduled" | "queued" | "sending" | "sent" | "delivered" | "bounced" | "complained" | "held" | "expired" | "failed" | "cancelled";
         /** OptOutRead */
         OptOutRead: {
             /** Category */
@@ -1010,6 +1378,14 @@ export interface components {
          * @enum {string}
          */
         OptedOutCategory: "matching";
+        /** PasswordResetBatch */
+        PasswordResetBatch: {
+            /**
+             * Emails
+             * @description 1 to 500 mails, each exactly the body of the single send.
+             */
+            emails: components["schemas"]["PasswordResetCreate"][];
+        };
         /**
          * PasswordResetCreate
          * @example {
@@ -1032,6 +1408,12 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Send At
+             * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
+             * @example 2026-12-06T08:00:00+09:00
+             */
+            send_at?: string | null;
         };
         /** PasswordResetParams */
         PasswordResetParams: {
@@ -1086,23 +1468,8 @@ export interface components {
             type: "recipient.erased";
             data: components["schemas"]["RecipientErasedData"];
         };
-        /** RecipientEvent */
-        RecipientEvent: {
-            /**
-             * Timestamp
-             * Format: date-time
-             * @description When the change happened (UTC).
-             */
-            timestamp: string;
-            /**
-             * Type
-             * @enum {string}
-             */
-            type: "recipient.suppressed" | "recipient.unsuppressed" | "recipient.opted_out" | "recipient.opted_in";
-            data: components["schemas"]["RecipientEventData"];
-        };
-        /** RecipientEventData */
-        RecipientEventData: {
+        /** RecipientOptOutData */
+        RecipientOptOutData: {
             /**
              * Address
              * @description The address the change is about.
@@ -1113,16 +1480,25 @@ export interface components {
              * @description The app's user id last given with this address.
              */
             user_id: string | null;
+            /** Reason */
+            reason?: null;
+            /** @description The category of optional mail. */
+            category: components["schemas"]["OptedOutCategory"];
+        };
+        /** RecipientOptOutEvent */
+        RecipientOptOutEvent: {
             /**
-             * Reason
-             * @description Suppressions: hard_bounce, soft_bounce_limit, complaint or manual.
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
              */
-            reason?: string | null;
+            timestamp: string;
             /**
-             * Category
-             * @description Opt-outs: the mail category.
+             * Type
+             * @enum {string}
              */
-            category?: string | null;
+            type: "recipient.opted_out" | "recipient.opted_in";
+            data: components["schemas"]["RecipientOptOutData"];
         };
         /** RecipientRead */
         RecipientRead: {
@@ -1148,6 +1524,38 @@ export interface components {
              * @description Every change of state, oldest first.
              */
             history: components["schemas"]["AuditEventRead"][];
+        };
+        /** RecipientSuppressionData */
+        RecipientSuppressionData: {
+            /**
+             * Address
+             * @description The address the change is about (null if erased).
+             */
+            address: string | null;
+            /**
+             * User Id
+             * @description The app's user id last given with this address.
+             */
+            user_id: string | null;
+            /** @description Why no mail goes to the address (for `unsuppressed`: why it did not). */
+            reason: components["schemas"]["SuppressionReason"];
+            /** Category */
+            category?: null;
+        };
+        /** RecipientSuppressionEvent */
+        RecipientSuppressionEvent: {
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the change happened (UTC).
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "recipient.suppressed" | "recipient.unsuppressed";
+            data: components["schemas"]["RecipientSuppressionData"];
         };
         /** ReputationRead */
         ReputationRead: {
@@ -1292,6 +1700,14 @@ export interface components {
          * @enum {string}
          */
         SuppressionReason: "hard_bounce" | "soft_bounce_limit" | "complaint" | "manual";
+        /** VerifyEmailBatch */
+        VerifyEmailBatch: {
+            /**
+             * Emails
+             * @description 1 to 500 mails, each exactly the body of the single send.
+             */
+            emails: components["schemas"]["VerifyEmailCreate"][];
+        };
         /**
          * VerifyEmailCreate
          * @example {
@@ -1314,6 +1730,12 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Send At
+             * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
+             * @example 2026-12-06T08:00:00+09:00
+             */
+            send_at?: string | null;
         };
         /** VerifyEmailParams */
         VerifyEmailParams: {
@@ -1744,6 +2166,610 @@ export interface operations {
             };
         };
     };
+    sendVerifyEmailBatch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A retry with the same key and body returns the first answer (and `Idempotent-Replayed: true`) and sends nothing more; the same key with another body is 422 `idempotency_key_reused`. Keys are per API key. */
+                "idempotency-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VerifyEmailBatch"];
+            };
+        };
+        responses: {
+            /** @description One result per item, in order. */
+            200: {
+                headers: {
+                    /** @description `true` when this is the first answer to an earlier batch with the same Idempotency-Key (nothing new was accepted). */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailBatchAccepted"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 2 MiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not a batch (`invalid_request`: no `emails`, or more than 500), or a reused Idempotency-Key (`idempotency_key_reused`). Bad items do not make a 422: their results say why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    previewVerifyEmail: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VerifyEmailCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailPreview"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 64 KiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid input (`invalid_request`); `detail` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    sendPasswordResetBatch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A retry with the same key and body returns the first answer (and `Idempotent-Replayed: true`) and sends nothing more; the same key with another body is 422 `idempotency_key_reused`. Keys are per API key. */
+                "idempotency-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordResetBatch"];
+            };
+        };
+        responses: {
+            /** @description One result per item, in order. */
+            200: {
+                headers: {
+                    /** @description `true` when this is the first answer to an earlier batch with the same Idempotency-Key (nothing new was accepted). */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailBatchAccepted"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 2 MiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not a batch (`invalid_request`: no `emails`, or more than 500), or a reused Idempotency-Key (`idempotency_key_reused`). Bad items do not make a 422: their results say why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    previewPasswordReset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordResetCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailPreview"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 64 KiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid input (`invalid_request`); `detail` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    sendEmailChangeBatch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A retry with the same key and body returns the first answer (and `Idempotent-Replayed: true`) and sends nothing more; the same key with another body is 422 `idempotency_key_reused`. Keys are per API key. */
+                "idempotency-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailChangeBatch"];
+            };
+        };
+        responses: {
+            /** @description One result per item, in order. */
+            200: {
+                headers: {
+                    /** @description `true` when this is the first answer to an earlier batch with the same Idempotency-Key (nothing new was accepted). */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailBatchAccepted"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 2 MiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not a batch (`invalid_request`: no `emails`, or more than 500), or a reused Idempotency-Key (`idempotency_key_reused`). Bad items do not make a 422: their results say why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    previewEmailChange: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailChangeCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailPreview"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 64 KiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid input (`invalid_request`); `detail` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    sendMatchingNotificationBatch: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A retry with the same key and body returns the first answer (and `Idempotent-Replayed: true`) and sends nothing more; the same key with another body is 422 `idempotency_key_reused`. Keys are per API key. */
+                "idempotency-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MatchingNotificationBatch"];
+            };
+        };
+        responses: {
+            /** @description One result per item, in order. */
+            200: {
+                headers: {
+                    /** @description `true` when this is the first answer to an earlier batch with the same Idempotency-Key (nothing new was accepted). */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailBatchAccepted"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 2 MiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not a batch (`invalid_request`: no `emails`, or more than 500), or a reused Idempotency-Key (`idempotency_key_reused`). Bad items do not make a 422: their results say why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    previewMatchingNotification: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MatchingNotificationCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailPreview"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body over 64 KiB (`payload_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Body is not application/json (`unsupported_media_type`). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Invalid input (`invalid_request`); `detail` names each field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     getEmail: {
         parameters: {
             query?: never;
@@ -1777,6 +2803,77 @@ export interface operations {
             };
             /** @description No such mail, or one sent with another key unless admin (`email_not_found`), or `id` is not a UUID (`not_found`). */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `id` is not a UUID (`invalid_request`). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    cancelEmail: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailCancelled"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such mail, or one sent with another key unless admin (`email_not_found`). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Already being handed to SES, or done (`not_cancellable`, with its `status`). */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2199,7 +3296,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        /** @description An SNS message (JSON), as SNS posts it. */
+        /** @description An SNS message (JSON), as SNS posts it: a Notification carries one SES event in `Message`; a SubscriptionConfirmation is confirmed by tegami itself. */
         requestBody: {
             content: {
                 /**
@@ -2227,7 +3324,96 @@ export interface operations {
                  *       "SigningCertURL": "https://sns.ap-northeast-1.amazonaws.com/SimpleNotificationService-….pem"
                  *     }
                  */
-                "application/json": Record<string, never>;
+                "application/json": {
+                    /**
+                     * Messageid
+                     * @description Unique per message; tegami applies each one once.
+                     */
+                    MessageId: string;
+                    /**
+                     * Topicarn
+                     * @description Must be one of TEGAMI_SNS_TOPIC_ARNS.
+                     */
+                    TopicArn: string;
+                    /**
+                     * Timestamp
+                     * @description When SNS published it (ISO 8601, UTC).
+                     */
+                    Timestamp: string;
+                    /**
+                     * Signatureversion
+                     * @description 1: SHA1withRSA; 2: SHA256withRSA.
+                     * @enum {string}
+                     */
+                    SignatureVersion: "1" | "2";
+                    /**
+                     * Signature
+                     * @description Base64, over the canonical string of the message.
+                     */
+                    Signature: string;
+                    /**
+                     * Signingcerturl
+                     * @description https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem
+                     */
+                    SigningCertURL: string;
+                    /**
+                     * Type
+                     * @constant
+                     */
+                    Type: "Notification";
+                    /** Subject */
+                    Subject?: string | null;
+                    /**
+                     * Message
+                     * @description The SES event, itself a JSON text: `eventType` (event publishing) or `notificationType` (identity notifications) is Bounce, Complaint, Delivery, DeliveryDelay, Send, Reject, Rendering Failure, Open or Click; `mail.messageId` is the SES MessageId tegami recorded at send; `bounce`, `complaint` or `delivery` names the recipients.
+                     */
+                    Message: string;
+                    /** Unsubscribeurl */
+                    UnsubscribeURL?: string | null;
+                } | {
+                    /**
+                     * Messageid
+                     * @description Unique per message; tegami applies each one once.
+                     */
+                    MessageId: string;
+                    /**
+                     * Topicarn
+                     * @description Must be one of TEGAMI_SNS_TOPIC_ARNS.
+                     */
+                    TopicArn: string;
+                    /**
+                     * Timestamp
+                     * @description When SNS published it (ISO 8601, UTC).
+                     */
+                    Timestamp: string;
+                    /**
+                     * Signatureversion
+                     * @description 1: SHA1withRSA; 2: SHA256withRSA.
+                     * @enum {string}
+                     */
+                    SignatureVersion: "1" | "2";
+                    /**
+                     * Signature
+                     * @description Base64, over the canonical string of the message.
+                     */
+                    Signature: string;
+                    /**
+                     * Signingcerturl
+                     * @description https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem
+                     */
+                    SigningCertURL: string;
+                    /**
+                     * Type
+                     * @enum {string}
+                     */
+                    Type: "SubscriptionConfirmation" | "UnsubscribeConfirmation";
+                    /** Message */
+                    Message: string;
+                    /** Token */
+                    Token: string;
+                    /** Subscribeurl */
+                    SubscribeURL: string;
+                };
             };
         };
         responses: {
@@ -2790,7 +3976,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EmailEvent"];
+                "application/json": components["schemas"]["EmailBouncedEvent"];
             };
         };
         responses: {
@@ -2819,7 +4005,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EmailEvent"];
+                "application/json": components["schemas"]["EmailComplainedEvent"];
             };
         };
         responses: {
@@ -2926,6 +4112,35 @@ export interface operations {
             };
         };
     };
+    emailCancelled: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailEvent"];
+            };
+        };
+        responses: {
+            /** @description Received (any 2xx will do). */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Anything else: tegami retries. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     recipientSuppressed: {
         parameters: {
             query?: never;
@@ -2935,7 +4150,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientSuppressionEvent"];
             };
         };
         responses: {
@@ -2964,7 +4179,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientSuppressionEvent"];
             };
         };
         responses: {
@@ -2993,7 +4208,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientOptOutEvent"];
             };
         };
         responses: {
@@ -3022,7 +4237,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RecipientEvent"];
+                "application/json": components["schemas"]["RecipientOptOutEvent"];
             };
         };
         responses: {

@@ -18,10 +18,16 @@ type Payload<K extends WebhookEventType> = NonNullable<
 
 /** Every event tegami posts; narrow on `type`. */
 export type TegamiWebhookEvent = Payload<WebhookEventType>;
+/** The event of one type, its `data` narrowed (`reason`, `category`, `ses_type` as enums). */
+export type WebhookEvent<K extends WebhookEventType> = Payload<K>;
 export type EmailEvent = Schemas["EmailEvent"];
-export type RecipientEvent = Schemas["RecipientEvent"];
+export type EmailBouncedEvent = Schemas["EmailBouncedEvent"];
+export type EmailComplainedEvent = Schemas["EmailComplainedEvent"];
+export type RecipientSuppressionEvent = Schemas["RecipientSuppressionEvent"];
+export type RecipientOptOutEvent = Schemas["RecipientOptOutEvent"];
 export type RecipientErasedEvent = Schemas["RecipientErasedEvent"];
 export type WebhookTestEvent = Schemas["WebhookTestEvent"];
+export type BounceType = EmailBouncedEvent["data"]["ses_type"];
 
 export type WebhookHeaders = Headers | Record<string, string | string[] | undefined>;
 
