@@ -1,9 +1,11 @@
 """API keys: created, listed, revoked and rotated by `tegami api-key`, stored as SHA-256, sent
-as Bearer. This module owns the `api_key` table.
+as Bearer. This module owns the `api_key` table, and says what each scope may do.
 
-Scopes (`ApiKeyScope`): `app` sends, reads its own mails and manages opt-outs and erasure;
-`admin` does everything, and alone may add or lift a suppression and read `/status`; `test`
-is `app` whose mails never reach SES.
+What a scope may do is one table, ``PERMISSIONS``; a route names the one permission it needs
+with a typed dependency (``SendKeyDep``, ``EraseKeyDep``, ...), and any other valid key gets
+403 `forbidden` naming its scope and that permission. Which mails a key sees is
+``Caller.may_see_mail``: an `app` key its own, a `test` key the test mails it sent, `admin`
+and `support` every mail.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -24,9 +26,37 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import NamedStatement, driver_connection
 from app.errors import Forbidden, Unauthorized
-from app.models import ApiKey, ApiKeyScope
+from app.models import ApiKey, ApiKeyScope, Permission
 
 KEY_PREFIX = "tgm_"
+
+# What each scope may do; every route of the API needs exactly one of these (tests/test_scopes.py
+# holds each route to it).
+PERMISSIONS: dict[ApiKeyScope, frozenset[Permission]] = {
+    ApiKeyScope.ADMIN: frozenset(Permission),
+    # The Next.js app: its users' mail, their settings screen, account deletion.
+    ApiKeyScope.APP: frozenset(
+        {
+            Permission.SEND,
+            Permission.READ_MAIL,
+            Permission.READ_RECIPIENTS,
+            Permission.OPT_OUT,
+            Permission.ERASE,
+        }
+    ),
+    # The support desk answers "why did my mail not arrive?": every mail and recipient, and
+    # the rates and holds of /status (the console's chart). It sends and changes nothing: a
+    # lift or an erasure is an operator's decision (admin).
+    ApiKeyScope.SUPPORT: frozenset(
+        {Permission.READ_MAIL, Permission.READ_RECIPIENTS, Permission.STATUS}
+    ),
+    # Staging and CI: a sandbox. It sends (never to SES) and reads the mails it sent; a real
+    # person's history, consent (opt-outs) and data are out of its reach.
+    ApiKeyScope.TEST: frozenset({Permission.SEND, Permission.READ_MAIL}),
+}
+
+# Scopes that see every key's mail (the others see the mails they sent).
+_SEE_EVERY_MAIL = frozenset({ApiKeyScope.ADMIN, ApiKeyScope.SUPPORT})
 
 
 @dataclass(frozen=True)
@@ -40,9 +70,23 @@ class Caller:
         """How the audit trail names this caller."""
         return f"api_key:{self.name}"
 
+    def may(self, permission: Permission) -> bool:
+        return permission in PERMISSIONS[self.scope]
+
     @property
-    def is_admin(self) -> bool:
-        return self.scope is ApiKeyScope.ADMIN
+    def sees_every_mail(self) -> bool:
+        """`admin` and `support`: a search of mail is not narrowed to this key's."""
+        return self.scope in _SEE_EVERY_MAIL
+
+    def may_see_mail(self, *, api_key_id: int | None, test: bool) -> bool:
+        """Whether this key may read (or, with SEND, cancel) a mail sent with ``api_key_id``:
+        any, for admin and support; its own for an app key; its own test mail for a test key.
+        A mail it may not see is answered as if it did not exist (404)."""
+        if self.sees_every_mail:
+            return True
+        if api_key_id != self.key_id:
+            return False
+        return test or self.scope is not ApiKeyScope.TEST
 
 
 class ApiKeyError(Exception):
@@ -256,14 +300,52 @@ async def require_caller(
     return caller
 
 
-async def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
-    if not caller.is_admin:
-        raise Forbidden(f"this needs an admin API key; {caller.name!r} is {caller.scope.value}")
-    return caller
+def _guard(permission: Permission) -> Any:
+    async def require(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
+        if not caller.may(permission):
+            raise Forbidden(
+                f"this needs the {permission.value!r} permission, which {caller.scope.value} "
+                f"keys do not have (the key {caller.name!r})",
+                scope=caller.scope.value,
+                permission=permission.value,
+            )
+        return caller
+
+    require.__name__ = f"require_{permission.value}"
+    require.permission = permission  # type: ignore[attr-defined]  # read by tests/test_scopes.py
+    return require
 
 
-ApiKeyDep = Annotated[Caller, Depends(require_caller)]
-"""Any valid key: app, admin or test."""
+# One function per permission: FastAPI resolves a dependency once per request by identity.
+_GUARDS = {permission: _guard(permission) for permission in Permission}
 
-AdminKeyDep = Annotated[Caller, Depends(require_admin)]
-"""An admin key; any other valid key gets 403 `forbidden`."""
+
+# Capitalized like Depends, which it stands for.
+def Needs(permission: Permission) -> Any:
+    """The dependency a route declares for the one permission it needs: the caller, or 401
+    (no or unknown key), or 403 `forbidden` naming the key's scope and the permission."""
+    return Depends(_GUARDS[permission])
+
+
+def required_permission(call: Any) -> Permission | None:
+    """The permission a dependency made by ``Needs`` checks; None for any other."""
+    permission: Permission | None = getattr(call, "permission", None)
+    return permission if _GUARDS.get(permission) is call else None  # type: ignore[arg-type]
+
+
+SendKeyDep = Annotated[Caller, Needs(Permission.SEND)]
+"""Send, batch, preview, cancel one's own mail: admin, app, test."""
+ReadMailKeyDep = Annotated[Caller, Needs(Permission.READ_MAIL)]
+"""Read a mail (which ones: ``Caller.may_see_mail``): admin, app, support, test."""
+ReadRecipientsKeyDep = Annotated[Caller, Needs(Permission.READ_RECIPIENTS)]
+"""Read a recipient's state and history: admin, app, support."""
+OptOutKeyDep = Annotated[Caller, Needs(Permission.OPT_OUT)]
+"""Set or lift an opt-out (the person's consent): admin, app."""
+EraseKeyDep = Annotated[Caller, Needs(Permission.ERASE)]
+"""Erase a person's data: admin, app."""
+SuppressKeyDep = Annotated[Caller, Needs(Permission.SUPPRESS)]
+"""Add or lift a suppression: admin."""
+StatusKeyDep = Annotated[Caller, Needs(Permission.STATUS)]
+"""Read /status (rates, holds, SES account, setup): admin, support."""
+WebhooksKeyDep = Annotated[Caller, Needs(Permission.WEBHOOKS)]
+"""Read the webhook deliveries: admin."""

@@ -454,6 +454,8 @@ def run_simulate(event: str, email: str, *, soft: bool, url: str | None) -> None
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
+    from app.models import ApiKeyScope
+
     parser = argparse.ArgumentParser(prog="tegami", description=__doc__)
     parser.add_argument(
         "--version",
@@ -494,10 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="a name of your choice; the audit trail records it")
     create.add_argument(
         "--scope",
-        choices=["app", "admin", "test"],
-        default="app",
-        help="app (default): send, read its own mails, opt-outs, erase and read recipients; "
-        "admin: everything, including suppressions and /status; test: as app, never reaches SES",
+        choices=[scope.value for scope in ApiKeyScope],
+        default=ApiKeyScope.APP.value,
+        help="app (default): send, read its own mails, read recipients, opt-outs, erase; "
+        "admin: everything (suppressions, /status, webhooks); support: read every mail and "
+        "recipient and /status, change nothing; test: send (never to SES) and read the mails "
+        "it sent, nothing else",
     )
     api_key_commands.add_parser(
         "list", help="every key: name, scope, created, last used (to the minute), revoked"

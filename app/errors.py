@@ -18,7 +18,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.models import OPTIONAL_CATEGORIES, MessageStatus, SuppressionReason
+from app.models import (
+    OPTIONAL_CATEGORIES,
+    ApiKeyScope,
+    MessageStatus,
+    Permission,
+    SuppressionReason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,14 @@ class ErrorBody(BaseModel):
     detail: list[ErrorDetail] | None = Field(
         default=None, description="422: each field that is wrong, and why."
     )
+    scope: ApiKeyScope | None = Field(
+        default=None, description="403 `forbidden`: the scope of the key that was used."
+    )
+    permission: Permission | None = Field(
+        default=None,
+        description="403 `forbidden`: the permission the request needs, which that scope "
+        "lacks (the README's scope table says which scope has which).",
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -159,7 +173,8 @@ RETRY_AFTER_HEADER: dict[str, Any] = {
 _DESCRIPTIONS: dict[int, str] = {
     400: "Not a request this endpoint can read.",
     401: "No or unknown API key (`unauthorized`).",
-    403: "The API key's scope does not allow this (`forbidden`); needs an admin key.",
+    403: "The API key's scope lacks the permission this needs (`forbidden`, with `scope` and "
+    "`permission`).",
     404: "Not found.",
     409: "Conflict.",
     413: "Body over 64 KiB (`payload_too_large`).",

@@ -88,14 +88,33 @@ def _now_column() -> Mapped[datetime]:
 
 
 class ApiKeyScope(StrEnum):
-    APP = "app"  # what the Next.js app does: send, read its mails, opt-outs, erase, read
-    ADMIN = "admin"  # everything; alone may add or lift a suppression and read /status
-    TEST = "test"  # as app; its mails never reach SES
+    """Who holds a key; what each scope may do is app.api_keys.PERMISSIONS."""
+
+    APP = "app"  # the Next.js app: sends, reads its mails and recipients, opt-outs, erasure
+    ADMIN = "admin"  # operators: everything
+    SUPPORT = "support"  # the support desk: reads mail and recipients, changes nothing
+    TEST = "test"  # staging and CI: sends (never to SES) and reads the mails it sent
+
+
+class Permission(StrEnum):
+    """What a route needs of the caller's key (app.api_keys.PERMISSIONS: which scope has it).
+    Here beside ApiKeyScope, not in app.api_keys: the 403 error body names it."""
+
+    SEND = "send"  # POST /emails/<type> (batch, preview), DELETE /emails/{id}
+    READ_MAIL = "read_mail"  # GET /emails/{id}
+    READ_RECIPIENTS = "read_recipients"  # GET /recipients/{email}
+    OPT_OUT = "opt_out"  # PUT and DELETE /recipients/{email}/opt-outs/{category}
+    ERASE = "erase"  # DELETE /recipients/{email}
+    SUPPRESS = "suppress"  # PUT and DELETE /recipients/{email}/suppression
+    STATUS = "status"  # GET /status/...
+    WEBHOOKS = "webhooks"  # GET /webhooks/deliveries
 
 
 class ApiKey(Base):
     __tablename__ = "api_key"
-    __table_args__ = (CheckConstraint("scope IN ('app', 'admin', 'test')", name="scope"),)
+    __table_args__ = (
+        CheckConstraint("scope IN ('app', 'admin', 'support', 'test')", name="scope"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
@@ -169,6 +188,13 @@ class Message(Base):
             "category",
             "next_attempt_at",
             postgresql_where=text("status IN ('queued', 'sending', 'scheduled')"),
+        ),
+        # The claim's lane of test-key mail, which books no send slot: rare, so its own index
+        # (the paced lanes' would walk every due real mail to find it).
+        Index(
+            "ix_message_due_test",
+            "next_attempt_at",
+            postgresql_where=text("test AND status IN ('queued', 'sending', 'scheduled')"),
         ),
         # The reputation window: the most recent sends.
         Index("ix_message_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),

@@ -1,4 +1,5 @@
-"""Key scopes over HTTP: what an app key may do, what only an admin key may do."""
+"""Key scopes over HTTP: what an app key may do, what only an admin key may do (every route
+and scope: tests/test_scopes.py)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ async def test_only_an_admin_key_adds_or_lifts_a_suppression(
     assert refused.status_code == 409
     assert (await client.delete(url, headers=admin)).status_code == 200
     assert (await client.post("/emails/verify-email", json=body(), headers=app)).status_code == 202
-    history = (await client.get("/recipients/taro@example.com", headers=app)).json()["history"]
+    history = (await client.get("/recipients/taro@example.com", headers=admin)).json()["history"]
     assert {event["cause"] for event in history} == {"api_key:ops"}
 
 

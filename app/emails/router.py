@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api_keys import ApiKeyDep, Caller
+from app.api_keys import Caller, ReadMailKeyDep, SendKeyDep
 from app.config import Settings
 from app.db import SessionDep, driver_connection
 from app.emails import service
@@ -96,6 +96,7 @@ def _send_route(kind: str, operation_id: str, summary: str) -> dict[str, Any]:
             },
             **error_responses(
                 401,
+                403,
                 409,
                 413,
                 415,
@@ -154,7 +155,7 @@ async def send_verify_email(
     body: VerifyEmailCreate,
     request: Request,
     response: Response,
-    caller: ApiKeyDep,
+    caller: SendKeyDep,
     idempotency_key: IdempotencyKey = None,
 ) -> EmailAccepted:
     return await _send("verify-email", body, request, response, caller, idempotency_key)
@@ -165,7 +166,7 @@ async def send_password_reset(
     body: PasswordResetCreate,
     request: Request,
     response: Response,
-    caller: ApiKeyDep,
+    caller: SendKeyDep,
     idempotency_key: IdempotencyKey = None,
 ) -> EmailAccepted:
     return await _send("password-reset", body, request, response, caller, idempotency_key)
@@ -176,7 +177,7 @@ async def send_email_change(
     body: EmailChangeCreate,
     request: Request,
     response: Response,
-    caller: ApiKeyDep,
+    caller: SendKeyDep,
     idempotency_key: IdempotencyKey = None,
 ) -> EmailAccepted:
     return await _send("email-change", body, request, response, caller, idempotency_key)
@@ -191,7 +192,7 @@ async def send_matching_notification(
     body: MatchingNotificationCreate,
     request: Request,
     response: Response,
-    caller: ApiKeyDep,
+    caller: SendKeyDep,
     idempotency_key: IdempotencyKey = None,
 ) -> EmailAccepted:
     return await _send("matching-notification", body, request, response, caller, idempotency_key)
@@ -214,7 +215,7 @@ def _add_batch_route(kind: str) -> None:
         body: batch_model,  # type: ignore[valid-type]
         request: Request,
         response: Response,
-        caller: ApiKeyDep,
+        caller: SendKeyDep,
         idempotency_key: IdempotencyKey = None,
     ) -> EmailBatchAccepted:
         return await _send_batch(kind, body, request, response, caller, idempotency_key)
@@ -247,6 +248,7 @@ def _add_batch_route(kind: str) -> None:
             },
             **error_responses(
                 401,
+                403,
                 413,
                 415,
                 422,
@@ -298,7 +300,7 @@ def _add_preview_route(kind: str) -> None:
     async def preview(
         body: body_model,  # type: ignore[valid-type]
         request: Request,
-        caller: ApiKeyDep,
+        caller: SendKeyDep,
     ) -> EmailPreview:
         return _preview(kind, body, request)
 
@@ -313,7 +315,7 @@ def _add_preview_route(kind: str) -> None:
         operation_id=f"preview{_OPERATION_NAMES[kind]}",
         description="The send body, checked as a send would be (422), rendered by the worker's "
         "own function; the unsubscribe link is a placeholder. Nothing is stored or sent.",
-        responses=error_responses(401, 413, 415, 422, 503),
+        responses=error_responses(401, 403, 413, 415, 422, 503),
     )
 
 
@@ -341,16 +343,18 @@ for _kind in EMAIL_KINDS:
     "event `cancelled`, webhook `email.cancelled`) and is never sent.",
     responses=error_responses(
         401,
+        403,
         404,
         409,
         422,
         503,
-        _404="No such mail, or one sent with another key unless admin (`email_not_found`).",
+        _404="No such mail, or one this key may not see (`email_not_found`): an app key "
+        "cancels its own mails, a test key its own test mails, an admin key any.",
         _409="Already being handed to SES, or done (`not_cancellable`, with its `status`).",
         _422="`id` is not a UUID (`invalid_request`).",
     ),
 )
-async def cancel_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) -> EmailCancelled:
+async def cancel_email(id: uuid.UUID, session: SessionDep, caller: SendKeyDep) -> EmailCancelled:
     await service.cancel(session, message_id=id, caller=caller)
     await session.commit()
     return EmailCancelled(status=MessageStatus.CANCELLED)
@@ -363,18 +367,19 @@ async def cancel_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) ->
     operation_id="getEmail",
     responses=error_responses(
         401,
+        403,
         404,
         422,
         503,
-        _404="No such mail, or one sent with another key unless admin (`email_not_found`), or "
-        "`id` is not a UUID (`not_found`).",
+        _404="No such mail, or one this key may not see (`email_not_found`): an app key reads "
+        "its own mails, a test key its own test mails, admin and support keys any.",
         _422="`id` is not a UUID (`invalid_request`).",
     ),
 )
-async def get_email(id: uuid.UUID, session: SessionDep, caller: ApiKeyDep) -> EmailRead:
+async def get_email(id: uuid.UUID, session: SessionDep, caller: ReadMailKeyDep) -> EmailRead:
     message, events = await service.read(session, message_id=id)
-    if message.api_key_id != caller.key_id and not caller.is_admin:
-        # An app or test key reads its own mails; another key's are not even said to exist.
+    if not caller.may_see_mail(api_key_id=message.api_key_id, test=message.test):
+        # A mail this key may not read is not even said to exist.
         raise NotFound("no such email", code="email_not_found")
     return EmailRead(
         id=message.id,

@@ -317,13 +317,15 @@ def preview(
 
 
 async def cancel(session: AsyncSession, *, message_id: uuid.UUID, caller: Caller) -> None:
-    """Cancel a mail of the caller's (any mail, for an admin) not yet handed to SES; 404 for
-    another key's mail, 409 `not_cancellable` (with its ``status``) once it is sending or
+    """Cancel a mail the caller may see (``Caller.may_see_mail``) not yet handed to SES; 404
+    for any other, 409 `not_cancellable` (with its ``status``) once it is sending or
     done."""
     found = (
-        await session.execute(select(Message.api_key_id).where(Message.id == message_id))
+        await session.execute(
+            select(Message.api_key_id, Message.test).where(Message.id == message_id)
+        )
     ).first()
-    if found is None or (found.api_key_id != caller.key_id and not caller.is_admin):
+    if found is None or not caller.may_see_mail(api_key_id=found.api_key_id, test=found.test):
         raise NotFound("no such email", code="email_not_found")
     stopped_at = await outbox.cancel(session, message_id=message_id, cause=caller.cause)
     if stopped_at is not None:

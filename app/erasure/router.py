@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter, Request
 
-from app.api_keys import ApiKeyDep
+from app.api_keys import EraseKeyDep
 from app.db import SessionDep
 from app.erasure import service
 from app.errors import error_responses
@@ -31,10 +31,10 @@ router = APIRouter(prefix="/recipients", tags=["recipients"])
     "account-level suppression list; when SES cannot be reached the erasure still happens and "
     "`ses_suppression_list.outcome` is `failed`. Erasing an unknown address is not an error.",
     operation_id="eraseRecipient",
-    responses=error_responses(401, 422, 503, _422=INVALID_ADDRESS),
+    responses=error_responses(401, 403, 422, 503, _422=INVALID_ADDRESS),
 )
 async def erase_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
+    email: EmailPath, request: Request, session: SessionDep, caller: EraseKeyDep
 ) -> ErasureRead:
     erased = await service.erase(
         session, address=email, address_hash=hash_of(request, email), cause=caller.cause

@@ -10,7 +10,7 @@ from datetime import datetime
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.api_keys import AdminKeyDep
+from app.api_keys import StatusKeyDep
 from app.config import Settings
 from app.errors import error_responses
 from app.ops import doctor
@@ -68,11 +68,11 @@ class ReputationRead(BaseModel):
     "/reputation",
     response_model=ReputationRead,
     summary="Bounce and complaint rates, thresholds, holds, SES account status",
-    description="Needs an admin key.",
+    description="Needs the `status` permission (admin and support keys).",
     operation_id="getReputation",
     responses=error_responses(401, 403, 503),
 )
-async def reputation(request: Request, caller: AdminKeyDep) -> ReputationRead:
+async def reputation(request: Request, caller: StatusKeyDep) -> ReputationRead:
     watch: ReputationWatch = request.app.state.reputation
     # Fresh numbers, so an operator never reads a stale hold.
     await watch.evaluate()
@@ -107,7 +107,7 @@ class SetupRead(BaseModel):
     operation_id="getSetup",
     responses=error_responses(401, 403, 503),
 )
-async def setup(request: Request, caller: AdminKeyDep) -> SetupRead:
+async def setup(request: Request, caller: StatusKeyDep) -> SetupRead:
     cache: _SetupCache | None = getattr(request.app.state, "setup_cache", None)
     if cache is None:
         cache = request.app.state.setup_cache = _SetupCache()

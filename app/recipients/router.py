@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import AfterValidator, WithJsonSchema
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api_keys import AdminKeyDep, ApiKeyDep
+from app.api_keys import OptOutKeyDep, ReadRecipientsKeyDep, SuppressKeyDep
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import NotFound, Unprocessable, error_responses
@@ -110,7 +110,8 @@ register_url_convertor("anytext", _AnyText())
     response_model=RecipientRead,
     summary="Suppress an address by hand",
     description="No mail of any category goes to the address until the suppression is lifted. "
-    "An address already suppressed keeps its first reason and cause. Needs an admin key.",
+    "An address already suppressed keeps its first reason and cause. Needs the `suppress` "
+    "permission (admin keys).",
     operation_id="suppressRecipient",
     responses=error_responses(401, 403, 422, 503, _422=INVALID_ADDRESS),
 )
@@ -119,7 +120,7 @@ async def suppress_recipient(
     body: SuppressionCreate,
     request: Request,
     session: SessionDep,
-    caller: AdminKeyDep,
+    caller: SuppressKeyDep,
 ) -> RecipientRead:
     hashed = hash_of(request, email)
     await service.suppress(
@@ -166,14 +167,14 @@ _OPT_OUT_422 = (
     description="Idempotent. Recorded in the audit trail with the API key's name, and told to "
     "the app as `recipient.opted_out` (when it changed something).",
     operation_id="optOut",
-    responses=error_responses(401, 422, 503, _422=_OPT_OUT_422),
+    responses=error_responses(401, 403, 422, 503, _422=_OPT_OUT_422),
 )
 async def put_opt_out(
     email: EmailPath,
     category: CategoryPath,
     request: Request,
     session: SessionDep,
-    caller: ApiKeyDep,
+    caller: OptOutKeyDep,
 ) -> RecipientRead:
     hashed = await _opt_out_target(request, session, email=email, category=category)
     recipient_id = await service.ensure_recipient(
@@ -194,6 +195,7 @@ async def put_opt_out(
     operation_id="liftOptOut",
     responses=error_responses(
         401,
+        403,
         404,
         422,
         503,
@@ -206,7 +208,7 @@ async def delete_opt_out(
     category: CategoryPath,
     request: Request,
     session: SessionDep,
-    caller: ApiKeyDep,
+    caller: OptOutKeyDep,
 ) -> RecipientRead:
     hashed = await _opt_out_target(request, session, email=email, category=category)
     recipient_id = await service.recipient_id(session, address_hash=hashed)
@@ -230,7 +232,7 @@ def ses_list_of(request: Request) -> SesSuppressionList:
     description="Whatever its reason. The consecutive soft-bounce count starts again from 0. "
     "The address is taken off SES's account-level suppression list first (SES drops mail to "
     "an address on it): when SES cannot be asked, nothing changes and the answer is 502. "
-    "Needs an admin key.",
+    "Needs the `suppress` permission (admin keys).",
     operation_id="liftSuppression",
     responses=error_responses(
         401,
@@ -246,7 +248,7 @@ def ses_list_of(request: Request) -> SesSuppressionList:
     ),
 )
 async def lift_suppression(
-    email: EmailPath, request: Request, session: SessionDep, caller: AdminKeyDep
+    email: EmailPath, request: Request, session: SessionDep, caller: SuppressKeyDep
 ) -> SuppressionLiftRead:
     hashed = hash_of(request, email)
     if await service.suppression_reason(session, address_hash=hashed) is None:
@@ -266,6 +268,7 @@ async def lift_suppression(
     operation_id="getRecipient",
     responses=error_responses(
         401,
+        403,
         404,
         422,
         503,
@@ -274,6 +277,6 @@ async def lift_suppression(
     ),
 )
 async def get_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: ApiKeyDep
+    email: EmailPath, request: Request, session: SessionDep, caller: ReadRecipientsKeyDep
 ) -> RecipientRead:
     return await _state(session, hash_of(request, email))

@@ -1,4 +1,5 @@
-"""GET /webhooks/deliveries (admin), and the event list in the OpenAPI document."""
+"""GET /webhooks/deliveries (the `webhooks` permission: admin keys), and the event list in the
+OpenAPI document."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from app.api_keys import AdminKeyDep
+from app.api_keys import WebhooksKeyDep
 from app.db import SessionDep
 from app.errors import error_responses
 from app.models import WebhookDelivery
@@ -40,13 +41,14 @@ def _read(row: WebhookDelivery) -> WebhookDeliveryRead:
     response_model=WebhookDeliveryList,
     summary="The events posted (or to be posted) to TEGAMI_WEBHOOK_URL, newest first",
     description="`status=failed`: the events the app never acknowledged within the retry "
-    "schedule; `tegami webhooks replay --since TIME` sends them again. Needs an admin key.",
+    "schedule; `tegami webhooks replay --since TIME` sends them again. Needs the `webhooks` "
+    "permission (admin keys).",
     operation_id="listWebhookDeliveries",
     responses=error_responses(401, 403, 422, 503, _422="`status` or `limit` not valid."),
 )
 async def list_deliveries(
     session: SessionDep,
-    caller: AdminKeyDep,
+    caller: WebhooksKeyDep,
     status: DeliveryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> WebhookDeliveryList:
