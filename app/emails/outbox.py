@@ -26,6 +26,9 @@ How a claim works, for the reader of the worker:
 - **Paused sending.** SES errors about the account (credentials, IAM, a paused account) set
   ``pause_reason``: claims then take nothing, except one probe mail every ``probe`` seconds.
   A probe that goes out resumes sending.
+- **Test mail is not paced.** A test key's mail never reaches SES: it is claimed in a lane of
+  its own beside the paced ones, books no slot, is never the probe, and waits for no pause.
+  Real mail never waits behind it.
 
 The hot statements are named asyncpg statements run on asyncpg's connection in autocommit
 (``app.db.driver_connection``): each is one round trip and its own transaction.
@@ -453,6 +456,7 @@ def _lane(number: int) -> str:
         WHERE status IN ('queued', 'sending', 'scheduled')
             AND category = CAST(:category_{number} AS text)
             AND next_attempt_at <= now()
+            AND NOT test
         ORDER BY next_attempt_at
         LIMIT COALESCE((SELECT n FROM room), 0)
         FOR UPDATE SKIP LOCKED
@@ -482,12 +486,27 @@ _CLAIM = NamedStatement.of(
         FROM gate
     ),
     {",".join(_lane(number) for number in range(len(_LANES)))},
-    due AS (
+    paced AS (
         SELECT id, key FROM (
             {" UNION ALL ".join(f"SELECT id, key FROM lane_{n}" for n in range(len(_LANES)))}
         ) AS lanes
         ORDER BY key
         LIMIT COALESCE((SELECT n FROM room), 0)
+    ),
+    -- Test-key mail: what the limit leaves, whatever the pacer or a pause says (but none
+    -- without the gate row: the claim is then made again once it exists).
+    test_lane AS (
+        SELECT id, next_attempt_at AS key
+        FROM message
+        WHERE test AND status IN ('queued', 'sending', 'scheduled')
+            AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT COALESCE((SELECT GREATEST(0, CAST(:limit AS int) - (SELECT count(*) FROM paced))
+            FROM room), 0)
+        FOR UPDATE SKIP LOCKED
+    ),
+    due AS (
+        SELECT id, key FROM paced UNION ALL SELECT id, key FROM test_lane
     ),
     claimed AS (
         UPDATE message AS m
@@ -503,10 +522,10 @@ _CLAIM = NamedStatement.of(
     booked AS (
         UPDATE send_pacer SET
             next_slot_at = (SELECT free_at FROM room)
-                + make_interval(secs => (SELECT count(*) FROM claimed) / CAST(:rate AS float8)),
+                + make_interval(secs => (SELECT count(*) FROM paced) / CAST(:rate AS float8)),
             paused_until = CASE WHEN pause_reason IS NULL THEN NULL
                 ELSE now() + make_interval(secs => CAST(:probe AS float8)) END
-        WHERE id = 1 AND EXISTS (SELECT FROM claimed)
+        WHERE id = 1 AND EXISTS (SELECT FROM paced)
     )
     SELECT CAST(EXTRACT(EPOCH FROM room.free_at - now()) AS float8) AS first_slot,
         room.n AS room, room.pause_reason,
@@ -540,8 +559,8 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Claim:
-    """Mails in send order, and the pacing they were booked at: mail ``i`` has its slot
-    ``first_slot + i / rate`` seconds after the claim."""
+    """Mails in send order, and the pacing they were booked at: real mail ``i`` has its slot
+    ``first_slot + i / rate`` seconds after the claim; test mail has none (``paced``)."""
 
     mails: list[Claimed]
     first_slot: float
@@ -554,6 +573,11 @@ class Claim:
     @property
     def probing(self) -> bool:
         return self.pause_reason is not None
+
+    @property
+    def paced(self) -> list[Claimed]:
+        """The mails that booked a send slot, in slot order: all but test mail."""
+        return [mail for mail in self.mails if not mail.test]
 
 
 async def claim(
@@ -690,7 +714,7 @@ _FINISH = NamedStatement.of(_FINISH_SQL.format(returning="", events=""))
 # With TEGAMI_WEBHOOK_URL set: the app's events (email.sent, ...) in the same statement.
 _FINISH_WITH_EVENTS = NamedStatement.of(
     _FINISH_SQL.format(
-        returning=", m.kind, m.user_id, m.to_address, m.status",
+        returning=", m.kind, m.user_id, m.to_address, m.status, m.test",
         # A constant of the webhooks module: no value is formatted in.
         events=", emails_changed AS (SELECT * FROM finished)," + webhooks.EMAIL_EVENTS_CTE,  # noqa: S608
     )
@@ -708,6 +732,11 @@ class Result:
     detail: str | None = None
     ses_message_id: str | None = None
     next_attempt_at: datetime | None = None
+
+    @property
+    def taken_by_ses(self) -> bool:
+        """SES took the mail (a test key's mail is `sent` without SES ever seeing it)."""
+        return self.status is MessageStatus.SENT and self.ses_message_id is not None
 
 
 async def finish(

@@ -167,7 +167,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         start = loop.time() + claim.first_slot
         rate = self.paced_rate
-        slots = [(start + i / rate, mail) for i, mail in enumerate(claim.mails)]
+        # Test mail booked no slot (it never reaches SES): it goes at once, beside real mail.
+        slots = sorted(
+            [(start + i / rate, mail) for i, mail in enumerate(claim.paced)]
+            + [(loop.time(), mail) for mail in claim.mails if mail.test],
+            key=lambda slot: slot[0],
+        )
         results: list[Result] = []
         sends: list[asyncio.Task[Result]] = []
         while slots:
@@ -363,7 +368,7 @@ class Worker:
 
     async def _gate(self, claim: Claim, results: list[Result]) -> None:
         """Pause sending for every worker on an error about the account; resume when a probe
-        went out."""
+        went out: only SES's own answer says so, never a test key's mail (sent without SES)."""
         paused = next((r for r in results if r.event == "send_paused"), None)
         try:
             if paused is not None:
@@ -384,7 +389,7 @@ class Worker:
                         "Mail waits in the queue; sending resumes by itself once SES takes "
                         "a mail again.",
                     )
-            elif claim.probing and any(r.status is MessageStatus.SENT for r in results):
+            elif claim.probing and any(r.taken_by_ses for r in results):
                 async with driver_connection(self.engine) as conn:
                     reason = await outbox.resume_sending(conn)
                 if reason is not None:

@@ -56,6 +56,10 @@ class EmailEventData(BaseModel):
     user_id: str | None = Field(description="The app's own user id, when it gave one.")
     address: str | None = Field(description="The recipient, as the app gave it (null if erased).")
     status: MessageStatus = Field(description="The email's status after the event.")
+    test: bool = Field(
+        description="Sent with a `test` key: rendered and recorded, never handed to SES "
+        "(`email.sent` then means rendered). Always false for real mail."
+    )
     ses_type: None = Field(default=None, description="Only bounces and complaints carry one.")
     ses_subtype: None = Field(default=None, description="Only bounces carry one.")
     diagnostic: None = Field(default=None, description="Only bounces carry one.")

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import Message
+from app.api_keys import create_key
+from app.db import create_sessionmaker
+from app.models import ApiKeyScope, Message
 from app.webhooks.dispatcher import WebhookDispatcher
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
@@ -152,6 +154,7 @@ async def test_a_delivery_tells_the_app_it_was_delivered(
 
     event = await received(app_endpoint, "email.delivered", email_id)
     assert event["data"]["address"] == "delivered@example.com"
+    assert event["data"]["test"] is False
 
 
 async def test_a_delivery_delay_tells_the_app(
@@ -183,3 +186,29 @@ async def test_a_complaint_tells_the_app(
 
     event = await received(app_endpoint, "email.complained", email_id)
     assert event["data"]["status"] == "complained"
+
+
+async def test_a_test_keys_mail_tells_the_app_it_is_a_test(
+    app: tuple[httpx.AsyncClient, Sns],
+    auth: dict[str, str],
+    app_endpoint: Receiver,
+    engine: AsyncEngine,
+) -> None:
+    client, _ = app
+    async with create_sessionmaker(engine)() as session:
+        key = await create_key(session, name="ci", scope=ApiKeyScope.TEST)
+        await session.commit()
+    ci = {"Authorization": f"Bearer {key}"}
+    rendered = await accept(client, ci, "ci@example.com")
+    cancelled = await accept(client, ci, "ci-cancel@example.com", kind="matching-notification")
+    assert (await client.delete(f"/emails/{cancelled}", headers=ci)).status_code == 200
+    real = await accept(client, auth, "taro@example.com")
+    await drain(client)
+
+    # `email.sent` of a test mail means rendered, never handed to SES: the app can tell.
+    sent_event = await received(app_endpoint, "email.sent", rendered)
+    assert (sent_event["data"]["status"], sent_event["data"]["test"]) == ("sent", True)
+    cancelled_event = await received(app_endpoint, "email.cancelled", cancelled)
+    assert cancelled_event["data"]["test"] is True
+    real_event = await received(app_endpoint, "email.sent", real)
+    assert real_event["data"]["test"] is False
