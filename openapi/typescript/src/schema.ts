@@ -275,13 +275,13 @@ export interface paths {
         get?: never;
         /**
          * Suppress an address by hand
-         * @description No mail of any category goes to the address until the suppression is lifted. An address already suppressed keeps its first reason and cause. Needs an admin key.
+         * @description No mail of any category goes to the address until the suppression is lifted. An address already suppressed keeps its first reason and cause. Needs the `suppress` permission (admin keys).
          */
         put: operations["suppressRecipient"];
         post?: never;
         /**
          * Lift a suppression
-         * @description Whatever its reason. The consecutive soft-bounce count starts again from 0. The address is taken off SES's account-level suppression list first (SES drops mail to an address on it): when SES cannot be asked, nothing changes and the answer is 502. Needs an admin key.
+         * @description Whatever its reason. The consecutive soft-bounce count starts again from 0. The address is taken off SES's account-level suppression list first (SES drops mail to an address on it): when SES cannot be asked, nothing changes and the answer is 502. Needs the `suppress` permission (admin keys).
          */
         delete: operations["liftSuppression"];
         options?: never;
@@ -455,7 +455,7 @@ export interface paths {
         };
         /**
          * Bounce and complaint rates, thresholds, holds, SES account status
-         * @description Needs an admin key.
+         * @description Needs the `status` permission (admin and support keys).
          */
         get: operations["getReputation"];
         put?: never;
@@ -495,7 +495,7 @@ export interface paths {
         };
         /**
          * The events posted (or to be posted) to TEGAMI_WEBHOOK_URL, newest first
-         * @description `status=failed`: the events the app never acknowledged within the retry schedule; `tegami webhooks replay --since TIME` sends them again. Needs an admin key.
+         * @description `status=failed`: the events the app never acknowledged within the retry schedule; `tegami webhooks replay --since TIME` sends them again. Needs the `webhooks` permission (admin keys).
          */
         get: operations["listWebhookDeliveries"];
         put?: never;
@@ -811,6 +811,12 @@ export interface webhooks {
 }
 export interface components {
     schemas: {
+        /**
+         * ApiKeyScope
+         * @description Who holds a key; what each scope may do is app.api_keys.PERMISSIONS.
+         * @enum {string}
+         */
+        ApiKeyScope: "app" | "admin" | "support" | "test";
         /** AuditEventRead */
         AuditEventRead: {
             /**
@@ -968,6 +974,11 @@ export interface components {
             /** @description The email's status after the event. */
             status: components["schemas"]["MessageStatus"];
             /**
+             * Test
+             * @description Sent with a `test` key: rendered and recorded, never handed to SES (`email.sent` then means rendered). Always false for real mail.
+             */
+            test: boolean;
+            /**
              * Ses Type
              * @description SES's bounceType: Permanent (the address does not work) or Transient / Undetermined (tegami sends again later while the link is valid).
              * @enum {string}
@@ -1072,6 +1083,11 @@ export interface components {
             /** @description The email's status after the event. */
             status: components["schemas"]["MessageStatus"];
             /**
+             * Test
+             * @description Sent with a `test` key: rendered and recorded, never handed to SES (`email.sent` then means rendered). Always false for real mail.
+             */
+            test: boolean;
+            /**
              * Ses Type
              * @description SES's complaintFeedbackType, when the mailbox provider sent one.
              */
@@ -1142,6 +1158,11 @@ export interface components {
             address: string | null;
             /** @description The email's status after the event. */
             status: components["schemas"]["MessageStatus"];
+            /**
+             * Test
+             * @description Sent with a `test` key: rendered and recorded, never handed to SES (`email.sent` then means rendered). Always false for real mail.
+             */
+            test: boolean;
             /**
              * Ses Type
              * @description Only bounces and complaints carry one.
@@ -1261,6 +1282,10 @@ export interface components {
              * @description 422: each field that is wrong, and why.
              */
             detail?: components["schemas"]["ErrorDetail"][] | null;
+            /** @description 403 `forbidden`: the scope of the key that was used. */
+            scope?: components["schemas"]["ApiKeyScope"] | null;
+            /** @description 403 `forbidden`: the permission the request needs, which that scope lacks (the README's scope table says which scope has which). */
+            permission?: components["schemas"]["Permission"] | null;
         };
         /**
          * ErrorCode
@@ -1423,6 +1448,13 @@ export interface components {
              */
             reset_url: string;
         };
+        /**
+         * Permission
+         * @description What a route needs of the caller's key (app.api_keys.PERMISSIONS: which scope has it).
+         *     Here beside ApiKeyScope, not in app.api_keys: the 403 error body names it.
+         * @enum {string}
+         */
+        Permission: "send" | "read_mail" | "read_recipients" | "opt_out" | "erase" | "suppress" | "status" | "webhooks";
         /** ReadinessRead */
         ReadinessRead: {
             /**
@@ -1856,6 +1888,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description The address is suppressed (`suppressed`, with `reason`), or opted out of this category (`opted_out`, with `category`). */
             409: {
                 headers: {
@@ -1937,6 +1978,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2030,6 +2080,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description The address is suppressed (`suppressed`, with `reason`), or opted out of this category (`opted_out`, with `category`). */
             409: {
                 headers: {
@@ -2111,6 +2170,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2204,6 +2272,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Body over 2 MiB (`payload_too_large`). */
             413: {
                 headers: {
@@ -2271,6 +2348,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2355,6 +2441,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Body over 2 MiB (`payload_too_large`). */
             413: {
                 headers: {
@@ -2422,6 +2517,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2506,6 +2610,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Body over 2 MiB (`payload_too_large`). */
             413: {
                 headers: {
@@ -2573,6 +2686,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2657,6 +2779,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Body over 2 MiB (`payload_too_large`). */
             413: {
                 headers: {
@@ -2724,6 +2855,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2801,7 +2941,16 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description No such mail, or one sent with another key unless admin (`email_not_found`), or `id` is not a UUID (`not_found`). */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such mail, or one this key may not see (`email_not_found`): an app key reads its own mails, a test key its own test mails, admin and support keys any. */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2863,7 +3012,16 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description No such mail, or one sent with another key unless admin (`email_not_found`). */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such mail, or one this key may not see (`email_not_found`): an app key cancels its own mails, a test key its own test mails, an admin key any. */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2939,7 +3097,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The API key's scope does not allow this (`forbidden`); needs an admin key. */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3002,7 +3160,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The API key's scope does not allow this (`forbidden`); needs an admin key. */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3085,6 +3243,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Not an email address, an unknown category (`invalid_request`), or an account category (`category_not_optional`). */
             422: {
                 headers: {
@@ -3135,6 +3302,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3204,6 +3380,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description tegami holds nothing about the address (`recipient_not_found`). */
             404: {
                 headers: {
@@ -3261,6 +3446,15 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`. */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3744,7 +3938,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The API key's scope does not allow this (`forbidden`); needs an admin key. */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3795,7 +3989,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The API key's scope does not allow this (`forbidden`); needs an admin key. */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3849,7 +4043,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The API key's scope does not allow this (`forbidden`); needs an admin key. */
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
             403: {
                 headers: {
                     [name: string]: unknown;
