@@ -8,7 +8,7 @@ outbox's into app.sns.feedback's one statement).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -366,14 +366,15 @@ async def record_erasure(
 
 
 async def opt_out_status(
-    session: AsyncSession, *, recipient_id: int, category: Category
+    session: AsyncSession, *, recipient_id: int, categories: Collection[Category]
 ) -> bool | None:
-    """Whether the recipient opted out of ``category``; None when no such recipient is held
-    (never was, or erased): an unsubscribe link for it leads nowhere."""
+    """Whether the recipient opted out of every one of ``categories``; None when no such
+    recipient is held (never was, or erased): an unsubscribe link for it leads nowhere."""
     opted_out = (
-        select(OptOut.recipient_id)
-        .where(OptOut.recipient_id == Recipient.id, OptOut.category == category)
-        .exists()
+        select(func.count())
+        .select_from(OptOut)
+        .where(OptOut.recipient_id == Recipient.id, OptOut.category.in_(list(categories)))
+        .scalar_subquery()
     )
     row = (
         await session.execute(
@@ -382,7 +383,7 @@ async def opt_out_status(
     ).one_or_none()
     if row is None or row[0] is None:
         return None
-    return bool(row[1])
+    return bool(row[1] >= len(set(categories)))
 
 
 # -- SES feedback (app.sns.feedback applies it, in one transaction) -----------------------

@@ -7,6 +7,10 @@ Layout (version 1), base64url without padding so that it fits a path segment::
 mac = HMAC-SHA256(secret, DOMAIN + everything before the mac)[:16]. The category runs to the
 mac, which has a fixed length, so no length byte is needed. The token holds no address and
 does not expire (DESIGN.md, Unsubscribe): 50 characters for "matching", 82 at most.
+
+Opting back in needs more than the token (DESIGN.md: it is consent): a resubscribe nonce,
+``<expires_at>.<mac>``, that only the done page hands out, bound to that one token and valid
+for ``RESUBSCRIBE_NONCE_SECONDS``. Its mac uses the same secrets under another domain.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ _MAC_LEN = 16
 _CATEGORY = re.compile(r"[a-z_]{1,32}")
 _MAX_RECIPIENT_ID = 2**63 - 1  # PostgreSQL bigint
 _MAX_ISSUED_AT = 2**32 - 1  # u32 seconds: until 2106; a new version can widen it
+
+# Long enough to read the done page and press its button; short enough that a page saved or
+# scraped long ago cannot opt anyone back in.
+RESUBSCRIBE_NONCE_SECONDS = 3600
+# Replicas' clocks differ a little: a page made by one replica is checked by another.
+_NONCE_CLOCK_SKEW = 300
+_NONCE_DOMAIN = b"tegami.resubscribe.v1\x00"
+_NONCE = re.compile(r"([0-9]{1,10})\.([A-Za-z0-9_-]{22})")
 
 _MIN_RAW = _HEADER.size + 1 + _MAC_LEN
 _MAX_RAW = _HEADER.size + 32 + _MAC_LEN
@@ -81,6 +93,56 @@ def read_token(token: str, *, secrets: Sequence[str]) -> UnsubscribeClaim | None
         return UnsubscribeClaim(recipient_id, category, issued_at)
     except ValueError:  # UnicodeDecodeError included; only reachable with a leaked secret
         return None
+
+
+def make_resubscribe_nonce(token: str, *, expires_at: int, secret: str) -> str:
+    """The nonce of the done page's 「配信を再開する」 form for ``token``, good until
+    ``expires_at`` (unix seconds), signed with ``secret`` (the current one)."""
+    if not secret:
+        raise ValueError("an unsubscribe secret is required")
+    if type(expires_at) is not int or not 0 <= expires_at <= _MAX_ISSUED_AT:
+        raise ValueError("expires_at must be unix seconds between 1970 and 2106")
+    return f"{expires_at}.{_b64encode(_nonce_mac(token, expires_at, secret))}"
+
+
+def resubscribe_nonce_valid(nonce: str, *, token: str, now: int, secrets: Sequence[str]) -> bool:
+    """Whether ``nonce`` was made for ``token`` with one of ``secrets`` and has not expired
+    at ``now``. Never raises for any nonce or token; only a misconfigured ``secrets`` does."""
+    _check_secrets(secrets)
+    if not isinstance(nonce, str) or not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS:
+        return False
+    found = _NONCE.fullmatch(nonce)
+    if found is None:
+        return False
+    expires_at = int(found[1])
+    # One spelling only (no leading zeros), and never longer-lived than this code mints.
+    if (
+        found[1] != str(expires_at)
+        or not now < expires_at <= now + RESUBSCRIBE_NONCE_SECONDS + _NONCE_CLOCK_SKEW
+    ):
+        return False
+    mac = _b64decode_exact(found[2])
+    if mac is None:
+        return False
+    valid = False
+    for secret in secrets:
+        valid |= hmac.compare_digest(mac, _nonce_mac(token, expires_at, secret))
+    return valid
+
+
+def _nonce_mac(token: str, expires_at: int, secret: str) -> bytes:
+    message = (
+        _NONCE_DOMAIN + token.encode("utf-8", "backslashreplace") + b"\x00" + b"%d" % expires_at
+    )
+    return hmac.new(secret.encode(), message, hashlib.sha256).digest()[:_MAC_LEN]
+
+
+def _b64decode_exact(text: str) -> bytes | None:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if _b64encode(raw) == text else None
 
 
 def _check_secrets(secrets: Sequence[str]) -> None:

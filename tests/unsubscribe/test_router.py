@@ -47,7 +47,8 @@ async def unsubscribe_link(
 def assert_hardened(answer: httpx.Response) -> None:
     assert answer.headers["content-type"].startswith("text/html")
     assert answer.headers["cache-control"] == "no-store"
-    assert answer.headers["referrer-policy"] == "no-referrer"
+    # Same-origin, not no-referrer: the page's own resubscribe form must carry its Origin.
+    assert answer.headers["referrer-policy"] == "same-origin"
     assert answer.headers["x-frame-options"] == "DENY"
     csp = answer.headers["content-security-policy"]
     assert "default-src 'none'" in csp

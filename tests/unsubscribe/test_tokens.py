@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.unsubscribe.tokens import UnsubscribeClaim, make_token, read_token
+from app.unsubscribe.tokens import (
+    RESUBSCRIBE_NONCE_SECONDS,
+    UnsubscribeClaim,
+    make_resubscribe_nonce,
+    make_token,
+    read_token,
+    resubscribe_nonce_valid,
+)
 
 SECRET = "current-secret-0123456789"
 OLD_SECRET = "previous-secret-9876543210"
@@ -239,3 +246,59 @@ def test_any_flipped_bit_is_refused(claim: UnsubscribeClaim, data: st.DataObject
     raw[bit // 8] ^= 1 << (bit % 8)
 
     assert read_token(b64(bytes(raw)), secrets=[SECRET]) is None
+
+
+# -- the resubscribe nonce: what only the done page gives --------------------------------
+
+NOW = 1_800_000_000
+
+
+def test_a_nonce_is_good_for_its_token_until_it_expires() -> None:
+    token = make_token(CLAIM, secret=SECRET)
+    nonce = make_resubscribe_nonce(token, expires_at=NOW + 60, secret=SECRET)
+    assert resubscribe_nonce_valid(nonce, token=token, now=NOW, secrets=[SECRET])
+    assert resubscribe_nonce_valid(nonce, token=token, now=NOW + 59, secrets=[OLD_SECRET, SECRET])
+    assert not resubscribe_nonce_valid(nonce, token=token, now=NOW + 60, secrets=[SECRET])
+    assert not resubscribe_nonce_valid(nonce, token=token, now=NOW, secrets=[OLD_SECRET])
+
+
+def test_a_nonce_made_by_a_replica_whose_clock_runs_ahead_is_still_good() -> None:
+    token = make_token(CLAIM, secret=SECRET)
+    nonce = make_resubscribe_nonce(
+        token, expires_at=NOW + 90 + RESUBSCRIBE_NONCE_SECONDS, secret=SECRET
+    )
+    assert resubscribe_nonce_valid(nonce, token=token, now=NOW, secrets=[SECRET])
+
+
+def test_a_nonce_is_bound_to_one_token() -> None:
+    token = make_token(CLAIM, secret=SECRET)
+    other = make_token(UnsubscribeClaim(124, "matching", CLAIM.issued_at), secret=SECRET)
+    nonce = make_resubscribe_nonce(token, expires_at=NOW + 60, secret=SECRET)
+    assert not resubscribe_nonce_valid(nonce, token=other, now=NOW, secrets=[SECRET])
+
+
+def test_an_edited_or_overlong_nonce_is_refused() -> None:
+    token = make_token(CLAIM, secret=SECRET)
+    nonce = make_resubscribe_nonce(token, expires_at=NOW + 60, secret=SECRET)
+    expiry, mac = nonce.split(".")
+    for bad in (
+        f"{int(expiry) + 1}.{mac}",  # a later expiry under the same mac
+        f"0{expiry}.{mac}",  # another spelling
+        f"{expiry}.{mac[:-1]}",
+        f"{expiry}.{mac}A",
+        nonce + "\n",
+        "",
+        token,
+    ):
+        assert not resubscribe_nonce_valid(bad, token=token, now=NOW, secrets=[SECRET]), bad
+    # Never longer-lived than the code mints (give or take replicas' clocks), even when
+    # signed with the secret.
+    far = make_resubscribe_nonce(
+        token, expires_at=NOW + RESUBSCRIBE_NONCE_SECONDS + 301, secret=SECRET
+    )
+    assert not resubscribe_nonce_valid(far, token=token, now=NOW, secrets=[SECRET])
+
+
+@given(st.text(max_size=200), st.text(max_size=200))
+def test_random_nonces_never_raise_and_never_verify(nonce: str, token: str) -> None:
+    assert not resubscribe_nonce_valid(nonce, token=token, now=NOW, secrets=[SECRET])

@@ -358,10 +358,14 @@ async def test_undo_button_on_the_done_page_opts_back_in(
     undo = urljoin(link, action.group(1))
     assert undo == f"{link}/resubscribe"
 
-    resumed = await client.post(undo)
+    # The form as a browser sends it: its hidden nonce, from this site.
+    nonce = re.search(r'<input type="hidden" name="nonce" value="([^"]+)">', done.text)
+    assert nonce is not None
+    browser = {"Origin": "https://mail.proworks.jp", "Sec-Fetch-Site": "same-origin"}
+    resumed = await client.post(undo, data={"nonce": nonce.group(1)}, headers=browser)
     assert resumed.status_code == 200
     assert "配信を再開しました" in resumed.text
-    again = await client.post(undo)  # idempotent
+    again = await client.post(undo, data={"nonce": nonce.group(1)}, headers=browser)  # idempotent
     assert again.status_code == 200
     accepted = await client.post(
         "/emails/matching-notification",

@@ -366,7 +366,7 @@ export interface paths {
         put?: never;
         /**
          * Opt out (the page's button, or RFC 8058 one-click)
-         * @description Any body is accepted: mail clients send `List-Unsubscribe=One-Click` as application/x-www-form-urlencoded or multipart/form-data, and the page's button sends an empty form. Idempotent.
+         * @description Any body is accepted: mail clients send `List-Unsubscribe=One-Click` as application/x-www-form-urlencoded or multipart/form-data, and the page's button sends an empty form. Idempotent. The link of an account mail (verify-email, password-reset, email-change) opts out of the optional categories (matching notifications): account mail itself keeps coming.
          */
         post: operations["unsubscribe"];
         delete?: never;
@@ -386,7 +386,7 @@ export interface paths {
         put?: never;
         /**
          * Undo an opt-out (the done page's 「配信を再開する」 button)
-         * @description The same token as the unsubscribe link. Idempotent.
+         * @description The same token as the unsubscribe link, and the form field `nonce` that the done page gives (good for an hour, for this link only); a browser's request must come from this site (`Sec-Fetch-Site: same-origin`, `Origin` this site). Opting back in is consent: the old link alone, or a post from another site, is 403 and changes nothing. Idempotent.
          */
         post: operations["resubscribe"];
         delete?: never;
@@ -3798,6 +3798,15 @@ export interface operations {
                 };
                 content: {
                     "text/html": string;
+                };
+            };
+            /** @description Not the done page's own form: no valid `nonce` for this link (missing, forged, or older than an hour), or posted from another site (`Origin` or `Sec-Fetch-Site` says so). Nothing changes; the page says how to opt back in. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": unknown;
                 };
             };
             /** @description Not a valid link (or its recipient was erased). Names no address. */
