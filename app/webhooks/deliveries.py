@@ -275,12 +275,23 @@ _FORGET_ADDRESS = text(
 )
 
 
+# What the app's endpoint answered to a failed post (its first 300 characters) may quote it too.
+_FORGET_ADDRESS_IN_ANSWERS = text(
+    """
+    UPDATE webhook_delivery SET last_error = regexp_replace(last_error, :pattern, :mark, 'gi')
+    WHERE last_error ~* :pattern
+    """
+)
+
+
 async def forget_address(
     executor: AsyncConnection | AsyncSession, *, pattern: str, mark: str
 ) -> None:
     """An erased address leaves the events: ``pattern`` is
     app.recipients.addresses.quoted_address_pattern's (that address, never a neighbour's)."""
-    await executor.execute(_FORGET_ADDRESS, {"pattern": pattern, "mark": mark})
+    values = {"pattern": pattern, "mark": mark}
+    await executor.execute(_FORGET_ADDRESS, values)
+    await executor.execute(_FORGET_ADDRESS_IN_ANSWERS, values)
 
 
 async def delete_old(connection: AsyncConnection, *, days: int) -> int:
