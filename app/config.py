@@ -76,6 +76,9 @@ class Settings(GuardSettings):
     alert_webhook_url: str | None = None
     cloudwatch_emf: bool = False
     retention_days: int = Field(default=400, ge=1)
+    # An erased address SES could not take off its account suppression list is tried again
+    # after this, then at doubling intervals up to an hour (app/recipients/ses_list.py).
+    ses_list_retry_seconds: float = Field(default=60.0, gt=0, le=3600)
     run_worker: bool = True
     # Events for the app (app/webhooks): none are recorded while no URL is set. The secret is
     # a comma-separated list of `whsec_` + base64 keys: the first signs; during a rotation the

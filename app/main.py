@@ -29,7 +29,7 @@ from app.ops.requests import RequestIdMiddleware
 from app.ops.retention import purge_forever
 from app.ops.status import router as status_router
 from app.recipients.router import router as recipients_router
-from app.recipients.ses_list import SesSuppressionList
+from app.recipients.ses_list import SesSuppressionList, retry_removals_forever
 from app.sns.router import router as sns_router
 from app.sns.signature import CertificateStore
 from app.unsubscribe.router import router as unsubscribe_router
@@ -89,6 +89,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             if settings.run_worker
             else []
         )
+        if settings.run_worker and app.state.ses_suppression_list.available:
+            # Erased addresses SES could not take off its list at the time.
+            loops.append(
+                retry_removals_forever(
+                    engine,
+                    app.state.ses_suppression_list,
+                    retry_seconds=settings.ses_list_retry_seconds,
+                    stopping=stopping,
+                )
+            )
         tasks = [asyncio.create_task(loop) for loop in loops]
         # Events for the app: their own task, so a slow endpoint never slows the worker.
         if settings.webhook_url is not None and settings.run_worker:

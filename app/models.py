@@ -81,6 +81,8 @@ class SuppressionReason(StrEnum):
     SOFT_BOUNCE_LIMIT = "soft_bounce_limit"
     COMPLAINT = "complaint"
     MANUAL = "manual"
+    # The person asked to be forgotten: no more mail, though SES's own list lets them go.
+    ERASED = "erased"
 
 
 def _now_column() -> Mapped[datetime]:
@@ -304,6 +306,22 @@ class SendPacer(Base):
     # paused_until.
     pause_reason: Mapped[str | None] = mapped_column(Text)
     paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SesListRemoval(Base):
+    """An erased address still to be taken off SES's account suppression list: SES could not
+    be reached at the erasure. The address is kept only until SES has let it go
+    (app/recipients/ses_list.py retries with backoff)."""
+
+    __tablename__ = "ses_list_removal"
+    __table_args__ = (Index("ix_ses_list_removal_due", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    address: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = _now_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
 
 
 class WebhookDelivery(Base):

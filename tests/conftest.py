@@ -35,7 +35,7 @@ from tests.sns_messages import CERT_NAME, TOPIC, Sns
 
 TABLES = (
     "api_key, recipient, suppression, opt_out, message, message_event, audit_event, "
-    "sns_message, send_pacer, webhook_delivery, send_batch"
+    "sns_message, send_pacer, webhook_delivery, send_batch, ses_list_removal"
 )
 
 

@@ -77,6 +77,8 @@ class FakeAws:
     # SES v2 calls this fake does not speak (SendEmail, ...) go on to this endpoint (moto's).
     proxy_to: str | None = None
     calls: list[str] = field(default_factory=list)
+    # True: every SES v2 call answers 503 ServiceUnavailable (SES away), until set back.
+    down: bool = False
     _server: ThreadingHTTPServer | None = None
 
     def ready(self, *, configuration_set: str, topic: str, endpoint: str) -> FakeAws:
@@ -183,6 +185,8 @@ class FakeAws:
     def sesv2(
         self, method: str, path: str, query: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, Any], str]:
+        if self.down:
+            return 503, {"message": "Service is unavailable."}, "ServiceUnavailable"
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[:2] != ["v2", "email"]:
             return _unknown()

@@ -29,6 +29,7 @@ OWNERS: dict[str, str] = {
     "sns_message": "app/sns/service.py",
     "api_key": "app/api_keys.py",
     "webhook_delivery": "app/webhooks/deliveries.py",
+    "ses_list_removal": "app/recipients/ses_list.py",
 }
 
 # Combined statements, each one round trip on a hot path, that write a table of another

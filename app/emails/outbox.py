@@ -811,21 +811,28 @@ async def find_for_feedback(
 # The message's part of SES feedback, as CTEs that app.sns.feedback composes with the recipient
 # owner's into one statement: the SES MessageId (when the event beat the worker's record of
 # it), the status, and the history lines (with the feedback as data: the reputation watch
-# counts hard bounces and complaints by it).
+# counts hard bounces and complaints by it). Needs the recipient owner's ``erased`` and
+# ``:erased_mark``: SES's text (a diagnostic quoting the address) about a person erased since is
+# recorded scrubbed.
 FEEDBACK_WRITES = """
     changed AS (
         UPDATE message SET
             ses_message_id = COALESCE(ses_message_id, CAST(:ses_message_id AS text)),
             status = COALESCE(CAST(:status AS text), status),
             next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-            last_error = COALESCE(CAST(:last_error AS text), last_error),
+            last_error = COALESCE(regexp_replace(CAST(:last_error AS text),
+                (SELECT pattern FROM erased), :erased_mark, 'gi'),
+                CAST(:last_error AS text), last_error),
             updated_at = CASE WHEN CAST(:status AS text) IS NULL THEN updated_at ELSE now() END
         WHERE id = CAST(:message_id AS uuid)
             AND (CAST(:status AS text) IS NOT NULL OR ses_message_id IS NULL)
     ),
     history AS (
         INSERT INTO message_event (message_id, kind, detail, cause, feedback)
-        SELECT CAST(:message_id AS uuid), kind, detail, :cause, feedback
+        SELECT CAST(:message_id AS uuid), kind,
+            COALESCE(regexp_replace(detail, (SELECT pattern FROM erased), :erased_mark, 'gi'),
+                detail),
+            :cause, feedback
         FROM unnest(CAST(:event_kinds AS text[]), CAST(:event_details AS text[]),
                 CAST(:event_feedbacks AS text[]))
             WITH ORDINALITY AS e(kind, detail, feedback, n)

@@ -137,9 +137,22 @@ def mask_address(address: str) -> str:
 ERASED_MARK = "[erased]"
 
 
+# What an address is made of, to tell where one ends in free text: `taro@example.com` must
+# not match inside `kotaro@example.com` or `taro@example.com.au`.
+_LOCAL_EDGE: Final = _LOOSE_LOCAL_CHAR
+_DOMAIN_CHAR: Final = r"[A-Za-z0-9-]"
+
+
 def quoted_address_pattern(address: str) -> str:
-    """A PostgreSQL regular expression (use case-insensitively) for the address wherever free
-    text quotes it, in either spelling of a legacy carrier address: `taro.@x`, `"taro."@x`."""
-    # re.escape's backslashes mean "this character, literally" to PostgreSQL's regex as well.
+    """A regular expression (use it case-insensitively) for this address, and no other,
+    wherever free text quotes it, in either spelling of a legacy carrier address:
+    `taro.@x` or `"taro."@x`.
+
+    The same text is a PostgreSQL ARE and a Python ``re`` pattern. Anchored at both ends: no
+    address character may stand before the local part, and the domain may not go on (a
+    sentence's closing dot may follow). The address is escaped, so its `.`, `+`, `$`, `*`...
+    are literals; re.escape's backslashes mean "this character, literally" to PostgreSQL too.
+    """
     local, _, domain = normalize_address(address).rpartition("@")
-    return f'"?{re.escape(local)}"?@{re.escape(domain)}'
+    local, domain = re.escape(local), re.escape(domain)
+    return f'(?<!{_LOCAL_EDGE})(?:"{local}"|{local})@{domain}(?!{_DOMAIN_CHAR}|\\.{_DOMAIN_CHAR})'

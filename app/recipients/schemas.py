@@ -74,11 +74,11 @@ class SuppressionCreate(BaseModel):
 class SesSuppressionListRead(BaseModel):
     outcome: SesListOutcome = Field(
         description="What happened to the address on SES's account-level suppression list: "
-        "`removed`, `not_listed` (SES did not hold it), `no_ses` (the mailbox backend: no SES "
-        "to update), `failed` (SES could not be reached: its list may still hold the address, "
-        "so SES would drop mail to it; see `message`)."
+        "`removed` (under either spelling), `not_listed` (SES did not hold it), `no_ses` (the "
+        "mailbox backend: no SES to update), `pending` (an erasure while SES could not be "
+        "reached: tegami keeps trying until SES lets the address go; see `message`)."
     )
-    message: str | None = Field(default=None, description="Why, when `failed`.")
+    message: str | None = Field(default=None, description="Why, when `pending`.")
 
 
 class SuppressionLiftRead(BaseModel):

@@ -330,6 +330,14 @@ async def forget_address(session: AsyncSession, *, address: str, address_hash: b
             .where(Recipient.id == recipient.id)
             .values(address=None, user_id=None, updated_at=func.now())
         )
+    else:
+        # A row with no address says "erased" to feedback that arrives later (app.sns): what
+        # it records and tells the app must not name the address again.
+        await session.execute(
+            insert(Recipient)
+            .values(address_hash=address_hash, address=None)
+            .on_conflict_do_nothing(index_elements=[Recipient.address_hash])
+        )
     pattern = quoted_address_pattern(address)
     for table in (Suppression, AuditEvent):
         await session.execute(
@@ -342,6 +350,28 @@ async def forget_address(session: AsyncSession, *, address: str, address_hash: b
         had_address=recipient is not None and recipient.address is not None,
         user_id=recipient.user_id if recipient is not None else None,
     )
+
+
+async def suppress_for_erasure(session: AsyncSession, *, address_hash: bytes, cause: str) -> bool:
+    """Keep the erased person from mail for good, before SES's own list lets the address go
+    (it may be their only suppression). An address already suppressed keeps its first reason.
+    No `recipient.suppressed` for the app: it hears `recipient.erased`."""
+    statement = (
+        insert(Suppression)
+        .values(address_hash=address_hash, reason=SuppressionReason.ERASED, cause=cause)
+        .on_conflict_do_nothing(index_elements=[Suppression.address_hash])
+        .returning(Suppression.address_hash)
+    )
+    created = (await session.execute(statement)).scalar_one_or_none() is not None
+    if created:
+        await record_audit(
+            session,
+            address_hash=address_hash,
+            action="suppressed",
+            reason=SuppressionReason.ERASED,
+            cause=cause,
+        )
+    return created
 
 
 @dataclass(frozen=True)
@@ -445,7 +475,22 @@ async def soft_bounce_seen(
 
 # Each address's count, suppression and audit lines. ``audit_order`` keeps each address's lines
 # in the order they happened (counted, then suppressed), addresses in lock order.
+#
+# Provides ``erased`` (one row: ``pattern``, matching each of the event's addresses whose person
+# was erased, a recipient row with no address; NULL when none) and the parameter
+# ``:erased_mark``: the fragments composed after it scrub the free text they record or post
+# with them (``regexp_replace(text, (SELECT pattern FROM erased), :erased_mark, 'gi')``, NULL
+# when nothing is erased), as the erasure scrubbed what was stored before it. Read in the
+# statement's own snapshot, taken after the message's lock: an erasure of the message's
+# recipient has committed before it or waits for it, and then scrubs what it wrote.
 FEEDBACK_WRITES = """
+    erased AS (
+        SELECT string_agg('(?:' || e.pattern || ')', '|') AS pattern
+        FROM unnest(CAST(:address_hashes AS bytea[]), CAST(:address_patterns AS text[]))
+            AS e(address_hash, pattern)
+        JOIN recipient AS r USING (address_hash)
+        WHERE r.address IS NULL
+    ),
     counts AS (
         SELECT * FROM unnest(
             CAST(:count_hashes AS bytea[]), CAST(:counts AS int[]),
@@ -486,10 +531,18 @@ FEEDBACK_WRITES = """
 
 
 def feedback_values(
-    decisions: Mapping[bytes, Decision], *, cause: str, address_detail: str
+    decisions: Mapping[bytes, Decision],
+    *,
+    addresses: Mapping[bytes, str],
+    cause: str,
+    address_detail: str,
 ) -> dict[str, Any]:
-    """The parameters of ``FEEDBACK_WRITES``, for the decisions in lock order."""
+    """The parameters of ``FEEDBACK_WRITES``, for the decisions in lock order (``addresses``:
+    the event's, by hash)."""
     values: dict[str, Any] = {
+        "address_hashes": list(addresses),
+        "address_patterns": [quoted_address_pattern(a) for a in addresses.values()],
+        "erased_mark": ERASED_MARK,
         "cause": cause,
         "address_detail": address_detail,
         "count_hashes": [],

@@ -244,7 +244,10 @@ async def _decide_and_write(
     _log_decisions(feedback, decisions)
     cause = event_cause(event, sns_message_id=feedback.sns_message_id)
     address_values = recipients.feedback_values(
-        decisions, cause=cause, address_detail=_address_detail(event)
+        decisions,
+        addresses=feedback.addresses,
+        cause=cause,
+        address_detail=_address_detail(event),
     )
     if target is None and not recipients.changes_anything(address_values):
         return
@@ -262,17 +265,17 @@ def _webhook_values(
     """The parameters of ``webhooks.FEEDBACK_EVENTS_CTE``."""
     kind = _WEBHOOK_TYPES.get(event.kind)
     extra: dict[str, str | None] = {}
+    diagnostic = None
     if event.kind is EventKind.BOUNCE:
-        extra = {
-            "ses_type": event.bounce_type,
-            "ses_subtype": event.bounce_subtype,
-            "diagnostic": event.detail,
-        }
+        extra = {"ses_type": event.bounce_type, "ses_subtype": event.bounce_subtype}
+        diagnostic = event.detail
     elif event.kind is EventKind.COMPLAINT:
         extra = {"ses_type": event.complaint_feedback_type}
     return {
         "webhook_type": kind.value if kind is not None else None,
         "webhook_extra": json.dumps(extra),
+        # Apart, as text: the statement scrubs an erased address from it.
+        "webhook_diagnostic": diagnostic,
         "suppress_addresses": [addresses[h] for h in suppressed],
     }
 

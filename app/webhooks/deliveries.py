@@ -27,8 +27,7 @@ from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
-from sqlalchemy import cast, delete, func, insert, literal, null, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import delete, func, insert, literal, null, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import NamedStatement
@@ -70,26 +69,34 @@ EMAIL_EVENTS_CTE = """
     )"""
 
 # For SES feedback's outcome statement: composed after its CTEs ``suppressions``
-# (address_hash, reason) and ``suppressed`` (the address_hash of each suppression created),
-# with its parameters ``:message_id`` and ``:status`` (the message's new status, or NULL),
-# and these of its own: ``:webhook_type`` (the email event, or NULL), ``:webhook_extra``
-# (jsonb: SES's type, subtype and diagnostic), ``:suppress_addresses`` (beside
-# ``:suppress_hashes``). The message is read as the statement's snapshot saw it: its kind,
-# user and address do not change here.
+# (address_hash, reason), ``suppressed`` (the address_hash of each suppression created) and
+# ``erased`` (``pattern``: the event's erased addresses, or NULL), with its parameters
+# ``:message_id``, ``:status`` (the message's new status, or NULL) and ``:erased_mark``, and
+# these of its own: ``:webhook_type`` (the email event, or NULL), ``:webhook_extra`` (jsonb:
+# SES's type and subtype), ``:webhook_diagnostic`` (SES's text, or NULL),
+# ``:suppress_addresses`` (beside ``:suppress_hashes``). The message is read as the
+# statement's snapshot saw it: its kind, user and address do not change here. About a person
+# erased since, nothing names the address: it is null, and scrubbed from the diagnostic.
 FEEDBACK_EVENTS_CTE = """
     webhook_email_event AS (
         INSERT INTO webhook_delivery (type, data)
         SELECT CAST(:webhook_type AS text), jsonb_build_object('email_id', m.id,
             'type', m.kind, 'user_id', m.user_id, 'address', m.to_address,
             'status', COALESCE(CAST(:status AS text), m.status), 'test', m.test,
-            'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
+            'ses_type', NULL, 'ses_subtype', NULL)
             || COALESCE(CAST(:webhook_extra AS jsonb), '{}'::jsonb)
+            || jsonb_build_object('diagnostic', COALESCE(
+                regexp_replace(CAST(:webhook_diagnostic AS text),
+                    (SELECT pattern FROM erased), :erased_mark, 'gi'),
+                CAST(:webhook_diagnostic AS text)))
         FROM message AS m
         WHERE m.id = CAST(:message_id AS uuid) AND CAST(:webhook_type AS text) IS NOT NULL
     ),
     webhook_suppressed_events AS (
         INSERT INTO webhook_delivery (type, data)
-        SELECT 'recipient.suppressed', jsonb_build_object('address', a.address,
+        SELECT 'recipient.suppressed', jsonb_build_object(
+            'address', CASE WHEN r.id IS NOT NULL AND r.address IS NULL THEN NULL
+                ELSE a.address END,
             'user_id', r.user_id, 'reason', s.reason, 'category', NULL)
         FROM unnest(CAST(:suppress_hashes AS bytea[]), CAST(:suppress_addresses AS text[]))
             AS a(address_hash, address)
@@ -246,15 +253,45 @@ async def replay(connection: AsyncConnection, *, since: datetime) -> int:
 # -- keeping only what must be kept -------------------------------------------------------
 
 
-async def forget_address(executor: AsyncConnection | AsyncSession, *, pattern: str) -> None:
-    """An erased address leaves the events too (their `address` becomes null); ``pattern``
-    is app.recipients.addresses.quoted_address_pattern's."""
-    quoted = WebhookDelivery.data["address"].astext.regexp_match(pattern, "i")
-    await executor.execute(
-        update(WebhookDelivery)
-        .where(quoted)
-        .values(data=WebhookDelivery.data.op("||")(cast(literal('{"address": null}'), JSONB)))
+# Every string of an event (`address`, SES's `diagnostic`, ...) that quotes the address: the
+# `address` field becomes null, the address in free text becomes the erased mark. Events are
+# flat objects; only rows that quote the address are rewritten.
+_FORGET_ADDRESS = text(
+    """
+    UPDATE webhook_delivery AS w SET data = (
+        SELECT jsonb_object_agg(f.key, CASE
+            WHEN jsonb_typeof(f.value) <> 'string' OR NOT (f.value #>> '{}') ~* :pattern
+                THEN f.value
+            WHEN f.key = 'address' THEN 'null'::jsonb
+            ELSE to_jsonb(regexp_replace(f.value #>> '{}', :pattern, :mark, 'gi'))
+        END)
+        FROM jsonb_each(w.data) AS f
     )
+    WHERE EXISTS (
+        SELECT FROM jsonb_each(w.data) AS f
+        WHERE jsonb_typeof(f.value) = 'string' AND (f.value #>> '{}') ~* :pattern
+    )
+    """
+)
+
+
+# What the app's endpoint answered to a failed post (its first 300 characters) may quote it too.
+_FORGET_ADDRESS_IN_ANSWERS = text(
+    """
+    UPDATE webhook_delivery SET last_error = regexp_replace(last_error, :pattern, :mark, 'gi')
+    WHERE last_error ~* :pattern
+    """
+)
+
+
+async def forget_address(
+    executor: AsyncConnection | AsyncSession, *, pattern: str, mark: str
+) -> None:
+    """An erased address leaves the events: ``pattern`` is
+    app.recipients.addresses.quoted_address_pattern's (that address, never a neighbour's)."""
+    values = {"pattern": pattern, "mark": mark}
+    await executor.execute(_FORGET_ADDRESS, values)
+    await executor.execute(_FORGET_ADDRESS_IN_ANSWERS, values)
 
 
 async def delete_old(connection: AsyncConnection, *, days: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.rendering import SenderInfo, render_email
@@ -25,6 +28,7 @@ from app.recipients.addresses import (
     mask_address,
     normalize_address,
     parse_address,
+    quoted_address_pattern,
     wire_address,
 )
 from tests.ses import MotoSes
@@ -270,3 +274,53 @@ async def test_bounce_reported_for_the_quoted_spelling_suppresses_the_address(
     details = [e["detail"] for e in shown["events"]]
     assert "bounce Permanent/General: smtp; 550 5.1.1 <[erased]>: user unknown" in details
     assert "taro" not in str(shown).lower()
+
+
+# -- the erasure's match: that address, and no other ----------------------------------------
+
+
+ERASURE_MATCHES = [
+    ("taro@example.com", "smtp; 550 5.1.1 <taro@example.com>... User unknown", True),
+    ("taro@example.com", "mail to Taro@Example.COM.", True),  # case; a sentence's dot
+    ("taro@example.com", "<kotaro@example.com>", False),  # a neighbour holding it
+    ("taro@example.com", "x.taro@example.com", False),
+    ("taro@example.com", "taro@example.com.au", False),  # another domain
+    ("taro@example.com", "taro@example.community", False),
+    ("aro@example.com", "kotaro@example.com, taro@example.com", False),
+    ("taro.@docomo.ne.jp", 'RCPT TO:<"taro."@docomo.ne.jp> refused', True),  # the wire form
+    ("taro.@docomo.ne.jp", "taro.@docomo.ne.jp", True),
+    ('"taro."@docomo.ne.jp', "taro.@docomo.ne.jp", True),
+    ("taro.@docomo.ne.jp", '"kotaro."@docomo.ne.jp', False),
+    ("t.aro@example.com", "txaro@example.com", False),  # its dot is a dot, not any char
+    ("a+b$c@example.com", "<a+b$c@example.com>", True),  # metacharacters are literals
+    ("a+b$c@example.com", "aab$c@example.com aaab@example.com", False),
+    ("a|b@example.com", "b@example.com", False),
+]
+
+
+@pytest.mark.parametrize(("erased", "text", "found"), ERASURE_MATCHES)
+def test_the_erasure_pattern_matches_that_address_only(erased: str, text: str, found: bool) -> None:
+    assert bool(re.search(quoted_address_pattern(erased), text, re.IGNORECASE)) is found
+
+
+async def test_postgresql_reads_the_erasure_pattern_as_python_does(engine: AsyncEngine) -> None:
+    # The erasure and SES feedback match and scrub in SQL; the same text must mean the same.
+    async with engine.connect() as conn:
+        for erased, text_, found in ERASURE_MATCHES:
+            pattern = quoted_address_pattern(erased)
+            matched, scrubbed = (
+                await conn.execute(
+                    sql("SELECT :t ~* :p, regexp_replace(:t, :p, '[erased]', 'gi')"),
+                    {"t": text_, "p": pattern},
+                )
+            ).one()
+            assert matched is found, (erased, text_)
+            assert scrubbed == re.sub(pattern, "[erased]", text_, flags=re.IGNORECASE)
+
+
+@given(st.from_regex(r"[a-z0-9._+-]{1,12}", fullmatch=True))
+def test_no_address_matches_inside_a_longer_one(local: str) -> None:
+    pattern = quoted_address_pattern(f"{local}@example.com")
+    assert re.search(pattern, f"<{local}@example.com>", re.IGNORECASE)
+    assert not re.search(pattern, f"<k{local}@example.com>", re.IGNORECASE)
+    assert not re.search(pattern, f"<{local}@example.co.jp>", re.IGNORECASE)

@@ -177,14 +177,17 @@ async def test_erasure_forgets_the_address_but_a_complaint_still_blocks(
     assert refused.status_code == 409
     assert refused.json()["error"]["reason"] == "complaint"
 
-    # Erasing again, or an address never seen, is not an error.
+    # Erasing again, or an address never seen, is not an error; the one never seen is kept
+    # from mail from now on, by its hash alone.
     assert (
         await client.delete("/recipients/taro@example.com", headers=operator)
     ).status_code == 200
-    assert (
-        await client.delete("/recipients/jiro@example.com", headers=operator)
-    ).status_code == 200
-    assert (await client.get("/recipients/jiro@example.com", headers=operator)).status_code == 404
+    jiro = await client.delete("/recipients/jiro@example.com", headers=operator)
+    assert jiro.status_code == 200
+    assert jiro.json()["erased"] is False
+    state = (await client.get("/recipients/jiro@example.com", headers=operator)).json()
+    assert state["address"] is None
+    assert state["suppressed"]["reason"] == "erased"
 
 
 async def test_queued_mail_to_an_erased_recipient_is_never_sent(
@@ -205,15 +208,31 @@ async def test_queued_mail_to_an_erased_recipient_is_never_sent(
         assert mail["to"] is None
 
 
-async def test_erased_address_that_signs_up_again_gets_mail(
+async def test_an_erased_address_with_no_suppression_of_its_own_gets_no_mail_again(
     client: httpx.AsyncClient, auth: dict[str, str], ses: MotoSes
 ) -> None:
-    await client.delete("/recipients/taro@example.com", headers=auth)
+    # Mailed, never bounced or complained: tegami held no suppression before the erasure.
     assert (await send(client, auth, "password-reset")).status_code == 202
     await drain(client)
     assert len(ses.sent()) == 1
+
+    await client.delete("/recipients/taro@example.com", headers=auth)
+
+    refused = await send(client, auth, "password-reset")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["reason"] == "erased"
+    await drain(client)
+    assert len(ses.sent()) == 1
     state = (await client.get("/recipients/taro@example.com", headers=auth)).json()
-    assert state["address"] == "taro@example.com"
+    assert state["address"] is None
+    assert [(e["action"], e["reason"]) for e in state["history"]] == [
+        ("suppressed", "erased"),
+        ("erased", None),
+    ]
+    # Coming back is a decision for an operator: lifting lets mail go again.
+    lifted = await client.delete("/recipients/taro@example.com/suppression", headers=auth)
+    assert lifted.status_code == 200
+    assert (await send(client, auth, "password-reset")).status_code == 202
 
 
 @pytest.mark.parametrize(

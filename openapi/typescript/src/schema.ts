@@ -326,7 +326,7 @@ export interface paths {
         post?: never;
         /**
          * Erase the personal data held for an address
-         * @description Removes the address, the app's user id and the mails' params. Queued mail to the address is not sent. A suppression stays, held as a keyed hash of the address, so an address that bounced or complained stays blocked. The address is also taken off SES's account-level suppression list; when SES cannot be reached the erasure still happens and `ses_suppression_list.outcome` is `failed`. Erasing an unknown address is not an error.
+         * @description Removes the address, the app's user id and the mails' params, and the address wherever stored free text quotes it (SES's diagnostics, stored events): that address exactly, never one that contains it. Queued mail to the address is not sent. The address stays suppressed, held as a keyed hash (reason `erased` unless it already was suppressed), so no mail reaches the person again, and SES feedback that arrives later names no address. The address is then taken off SES's account-level suppression list, under both spellings of a legacy carrier address; when SES cannot be reached the erasure still happens, `ses_suppression_list.outcome` is `pending`, and tegami retries on its own until SES lets the address go. Erasing an unknown address is not an error.
          */
         delete: operations["eraseRecipient"];
         options?: never;
@@ -1636,14 +1636,14 @@ export interface components {
          * SesListOutcome
          * @enum {string}
          */
-        SesListOutcome: "removed" | "not_listed" | "no_ses" | "failed";
+        SesListOutcome: "removed" | "not_listed" | "no_ses" | "pending";
         /** SesSuppressionListRead */
         SesSuppressionListRead: {
-            /** @description What happened to the address on SES's account-level suppression list: `removed`, `not_listed` (SES did not hold it), `no_ses` (the mailbox backend: no SES to update), `failed` (SES could not be reached: its list may still hold the address, so SES would drop mail to it; see `message`). */
+            /** @description What happened to the address on SES's account-level suppression list: `removed` (under either spelling), `not_listed` (SES did not hold it), `no_ses` (the mailbox backend: no SES to update), `pending` (an erasure while SES could not be reached: tegami keeps trying until SES lets the address go; see `message`). */
             outcome: components["schemas"]["SesListOutcome"];
             /**
              * Message
-             * @description Why, when `failed`.
+             * @description Why, when `pending`.
              */
             message?: string | null;
         };
@@ -1731,7 +1731,7 @@ export interface components {
          * SuppressionReason
          * @enum {string}
          */
-        SuppressionReason: "hard_bounce" | "soft_bounce_limit" | "complaint" | "manual";
+        SuppressionReason: "hard_bounce" | "soft_bounce_limit" | "complaint" | "manual" | "erased";
         /** VerifyEmailBatch */
         VerifyEmailBatch: {
             /**
