@@ -299,3 +299,59 @@ def test_not_verified_is_about_the_account_unless_it_names_the_recipient_alone(
         to_addresses=["taro@example.com", "taro.@docomo.ne.jp"],
     )
     assert sorted_as is outcome
+
+
+def _clock(offset: timedelta) -> type[datetime]:
+    """``datetime`` whose ``now()`` is ``offset`` away from the machine's: a replica whose
+    clock drifted (NTP broken, a VM resumed)."""
+
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + offset
+
+    return Shifted
+
+
+async def test_a_worker_whose_clock_is_behind_never_sends_an_expired_link(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    engine: AsyncEngine,
+    ses: MotoSes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    email_id = await _accept(client, auth, kind="password-reset")
+    async with engine.begin() as conn:  # by the database's clock, the link expired 5 min ago
+        await conn.execute(text("UPDATE message SET expires_at = now() - interval '5 minutes'"))
+    monkeypatch.setattr("app.emails.worker.datetime", _clock(-timedelta(minutes=10)))
+
+    await drain(client)
+
+    assert ses.sent() == []
+    shown = await _status(client, auth, email_id)
+    assert shown["status"] == "expired"
+
+
+async def test_an_api_replica_whose_clock_is_ahead_sets_no_due_or_expiry_time(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.emails.service.datetime", _clock(timedelta(minutes=10)))
+    await _accept(client, auth, kind="password-reset")
+
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT now() - created_at AS age, next_attempt_at - now() AS due_in, "
+                    "expires_at - created_at AS lifetime FROM message"
+                )
+            )
+        ).one()
+    # By the database's clock: due now, the link good for its hour from now (not from the
+    # replica's ten minutes ahead, which would let it live ten minutes too long).
+    assert timedelta(0) <= stored.age < timedelta(seconds=10)
+    assert stored.due_in <= timedelta(0)
+    assert stored.lifetime == timedelta(hours=1)
