@@ -215,12 +215,14 @@ class Worker:
         recorder = Recorder(self, claim.mails)
         recording = asyncio.create_task(recorder.run())
         renewing = asyncio.create_task(self._renew(recorder))
-        # Booked at half the rate already: SES's throttling is in the slots.
+        # Booked at half the rate already: SES's throttling is in the slots. A throttle from
+        # before this claim is in the pacer's answer; one during it spreads what is left.
         spread = claim.throttled
+        began = loop.time()
         sends: list[asyncio.Task[None]] = []
         try:
             while slots:
-                if not spread and self._throttled_at is not None:
+                if not spread and (self._throttled_at or 0.0) >= began:
                     # SES throttles: the rest of this claim goes out at half its rate.
                     spread = True
                     now = loop.time()
@@ -554,7 +556,7 @@ class Worker:
         finally:
             if self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
-            for task in tasks:
+            for task in [*tasks, *self._background]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
