@@ -80,6 +80,7 @@ async def test_sends_answered_while_postgresql_is_down_are_recorded_once_it_is_b
 
         # Within seconds, by itself: no new mail arrives to wake a worker.
         statuses = await eventually(recorded, within=15)
+        assert statuses is not None
         assert set(statuses) == set(ids)
         assert ses.sent_ids() == {email_id: 1 for email_id in ids}, "each mail sent once"
         shown = (await client.get(f"/emails/{ids[0]}", headers=auth)).json()
