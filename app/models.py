@@ -296,7 +296,8 @@ class SnsMessage(Base):
 
 class SendPacer(Base):
     """One row, the gate every worker claims through: the next free send slot (so the sum
-    stays under the rate), and whether SES errors about the account paused sending."""
+    stays under the rate), whether SES errors about the account paused sending, and whether
+    SES throttles."""
 
     __tablename__ = "send_pacer"
 
@@ -306,6 +307,9 @@ class SendPacer(Base):
     # paused_until.
     pause_reason: Mapped[str | None] = mapped_column(Text)
     paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when SES throttled a call: every replica books at half the rate until SES takes a
+    # mail again.
+    throttled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class SesListRemoval(Base):

@@ -77,6 +77,12 @@ class FakeSes:
         self.account_reads = 0
         self.default = Answer.OK
         self.delay = 0.0
+        # A throttling storm: every SendEmail is answered 429 until this time.monotonic().
+        self.throttle_until = 0.0
+        # The sandbox: mail to these recipients is rejected, naming them, as SES does.
+        self.unverified: set[str] = set()
+        # What MessageRejected says ("Email address is not verified." when empty).
+        self.rejection = ""
         self.requests: list[Request] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -122,7 +128,8 @@ class FakeSes:
                 if self.path.split("?")[0] != "/v2/email/outbound-emails":
                     self._reply(404, {"message": "not found"}, error="NotFoundException")
                     return
-                answer, delay = fake._take(json.loads(raw or b"{}"))
+                body = json.loads(raw or b"{}")
+                answer, delay = fake._take(body)
                 try:
                     if delay:
                         time.sleep(delay)
@@ -130,6 +137,8 @@ class FakeSes:
                         self._reply(200, {"MessageId": f"fake-{uuid.uuid4()}"})
                     else:
                         status, code, message = _ERRORS[answer]
+                        if answer is Answer.REJECTED:
+                            message = fake._rejection(body) or message
                         self._reply(status, {"message": message}, error=code)
                 except OSError:
                     pass  # the caller is gone (killed): SES sent the mail all the same
@@ -179,9 +188,22 @@ class FakeSes:
         with self._lock:
             self._script.extend(answers)
 
+    def _rejection(self, body: dict[str, Any]) -> str:
+        to = body.get("Destination", {}).get("ToAddresses", [""])[0]
+        if to in self.unverified:
+            return (
+                "Email address is not verified. The following identities failed the check in "
+                f"region US-EAST-1: {to}"
+            )
+        return self.rejection
+
     def _take(self, body: dict[str, Any]) -> tuple[Answer, float]:
         with self._lock:
             answer = self._script.popleft() if self._script else self.default
+            if time.monotonic() < self.throttle_until:
+                answer = Answer.THROTTLED
+            elif body.get("Destination", {}).get("ToAddresses", [""])[0] in self.unverified:
+                answer = Answer.REJECTED
             self.requests.append(Request(body, answer, time.monotonic()))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -123,12 +123,11 @@ _ACCEPT = NamedStatement.of(
             request_hash, test, created_at, updated_at)
         SELECT CAST(:id AS uuid), CAST(:kind AS text), CAST(:category AS text), recipient_row.id,
             CAST(:to_address AS text), CAST(:user_id AS text), CAST(:params AS jsonb),
-            CAST(:status AS text),
-            COALESCE(CAST(:due_at AS timestamptz), CAST(:now AS timestamptz)),
-            CAST(:due_at AS timestamptz), CAST(:expires_at AS timestamptz),
+            CAST(:status AS text), COALESCE(CAST(:due_at AS timestamptz), now()),
+            CAST(:due_at AS timestamptz),
+            now() + make_interval(secs => CAST(:lifetime AS float8)),
             CAST(:api_key_id AS integer), CAST(:idempotency_key AS text),
-            CAST(:request_hash AS bytea), CAST(:test AS boolean), CAST(:now AS timestamptz),
-            CAST(:now AS timestamptz)
+            CAST(:request_hash AS bytea), CAST(:test AS boolean), now(), now()
         FROM recipient_row
         ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
         RETURNING id
@@ -159,12 +158,13 @@ class NewMail:
     to_address: str
     user_id: str | None
     params: dict[str, str]
-    expires_at: datetime | None
+    # The link's lifetime: it expires this long after the database's now() at accept (one
+    # clock for every replica: the worker judges expiry by the same one).
+    lifetime: timedelta | None
     api_key_id: int | None
     idempotency_key: str | None
     request_hash: bytes
     cause: str
-    now: datetime
     test: bool = False
     # Not due at once: `scheduled` until then (the app's send_at, or the end of quiet hours).
     due_at: datetime | None = None
@@ -198,8 +198,7 @@ async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
         "params": json.dumps(mail.params, ensure_ascii=False),
         "status": mail.status.value,
         "due_at": mail.due_at,
-        "now": mail.now,
-        "expires_at": mail.expires_at,
+        "lifetime": mail.lifetime.total_seconds() if mail.lifetime is not None else None,
         "api_key_id": mail.api_key_id,
         "idempotency_key": mail.idempotency_key,
         "request_hash": mail.request_hash,
@@ -453,7 +452,8 @@ def _lane(number: int) -> str:
         SELECT id, next_attempt_at - make_interval(secs => CAST(:head_start_{number} AS float8))
             AS key
         FROM message
-        WHERE status IN ('queued', 'sending', 'scheduled')
+        WHERE (status IN ('queued', 'scheduled')
+                OR (status = 'sending' AND CAST(:reclaim AS boolean)))
             AND category = CAST(:category_{number} AS text)
             AND next_attempt_at <= now()
             AND NOT test
@@ -467,19 +467,24 @@ _LANES = tuple(HEAD_STARTS)
 _CLAIM = NamedStatement.of(
     f"""
     WITH gate AS (
-        SELECT GREATEST(next_slot_at, now()) AS free_at, paused_until, pause_reason
+        SELECT GREATEST(next_slot_at, now()) AS free_at, paused_until, pause_reason,
+            -- SES said "slow down" (to any replica) and has not taken a mail since: every
+            -- replica books at half the rate.
+            CAST(:rate AS float8) * CASE WHEN throttled_at IS NULL THEN 1.0 ELSE 0.5 END
+                AS rate,
+            throttled_at IS NOT NULL AS throttled
         FROM send_pacer WHERE id = 1
         FOR UPDATE
     ),
     room AS (
-        SELECT free_at, paused_until, pause_reason, CAST(CASE
+        SELECT free_at, paused_until, pause_reason, rate, throttled, CAST(CASE
             -- What the horizon has room for; at least one mail once the next free slot is
             -- inside it (at 1/s a second holds 0.98 of a slot).
             WHEN pause_reason IS NULL THEN LEAST(CAST(:limit AS int), GREATEST(
                 CASE WHEN free_at - now() < make_interval(secs => CAST(:horizon AS float8))
                     THEN 1 ELSE 0 END,
                 floor((CAST(:horizon AS float8) - EXTRACT(EPOCH FROM free_at - now()))
-                    * CAST(:rate AS float8))))
+                    * rate)))
             WHEN paused_until <= now() THEN 1  -- the probe
             ELSE 0
         END AS int) AS n
@@ -498,7 +503,8 @@ _CLAIM = NamedStatement.of(
     test_lane AS (
         SELECT id, next_attempt_at AS key
         FROM message
-        WHERE test AND status IN ('queued', 'sending', 'scheduled')
+        WHERE test AND (status IN ('queued', 'scheduled')
+                OR (status = 'sending' AND CAST(:reclaim AS boolean)))
             AND next_attempt_at <= now()
         ORDER BY next_attempt_at
         LIMIT COALESCE((SELECT GREATEST(0, CAST(:limit AS int) - (SELECT count(*) FROM paced))
@@ -522,13 +528,13 @@ _CLAIM = NamedStatement.of(
     booked AS (
         UPDATE send_pacer SET
             next_slot_at = (SELECT free_at FROM room)
-                + make_interval(secs => (SELECT count(*) FROM paced) / CAST(:rate AS float8)),
+                + make_interval(secs => (SELECT count(*) FROM paced) / (SELECT rate FROM room)),
             paused_until = CASE WHEN pause_reason IS NULL THEN NULL
                 ELSE now() + make_interval(secs => CAST(:probe AS float8)) END
         WHERE id = 1 AND EXISTS (SELECT FROM paced)
     )
     SELECT CAST(EXTRACT(EPOCH FROM room.free_at - now()) AS float8) AS first_slot,
-        room.n AS room, room.pause_reason,
+        room.n AS room, room.pause_reason, room.rate, room.throttled,
         CAST(EXTRACT(EPOCH FROM room.paused_until - now()) AS float8) AS paused_for,
         claimed.*
     FROM room LEFT JOIN claimed ON true
@@ -569,6 +575,9 @@ class Claim:
     room: int
     pause_reason: str | None
     paused_for: float
+    # The rate the slots were booked at: half the worker's while SES throttles.
+    rate: float = 0.0
+    throttled: bool = False
 
     @property
     def probing(self) -> bool:
@@ -588,13 +597,17 @@ async def claim(
     horizon: float,
     lease: float,
     probe: float,
+    reclaim: bool = True,
 ) -> Claim:
+    """Claim due mail; with ``reclaim``, also mail whose lease ran out (its worker died, or
+    lost the database for longer than the lease)."""
     values: dict[str, Any] = {
         "limit": limit,
         "rate": rate,
         "horizon": horizon,
         "lease": lease,
         "probe": probe,
+        "reclaim": reclaim,
     }
     for number, category in enumerate(_LANES):
         values[f"category_{number}"] = str(category)
@@ -610,6 +623,8 @@ async def claim(
         room=head["room"],
         pause_reason=head["pause_reason"],
         paused_for=max(0.0, head["paused_for"] or 0.0),
+        rate=head["rate"],
+        throttled=head["throttled"],
     )
 
 
@@ -638,6 +653,11 @@ def _claimed(row: asyncpg.Record) -> Claimed:
 _CHECK = NamedStatement.of(
     """
     SELECT m.id, m.expires_at, m.last_error, m.to_address IS NULL AS erased,
+        -- Judged by the database's clock, which also set expires_at at accept: a worker
+        -- whose own clock is behind never sends an expired link.
+        m.expires_at <= now() AS expired,
+        COALESCE(m.send_at, m.created_at) + make_interval(secs => CAST(:max_age AS float8))
+            <= now() AS too_old,
         (SELECT s.reason FROM suppression s JOIN recipient r ON r.address_hash = s.address_hash
          WHERE r.id = m.recipient_id) AS suppressed,
         EXISTS (SELECT 1 FROM opt_out o
@@ -659,14 +679,22 @@ class Standing:
     erased: bool
     suppressed: str | None
     opted_out: bool
+    # By the database's clock: the link expired; the mail is past its retry age.
+    expired: bool = False
+    too_old: bool = False
 
 
 async def check_before_send(
-    connection: asyncpg.Connection, *, mails: Sequence[Claimed]
+    connection: asyncpg.Connection, *, mails: Sequence[Claimed], max_age: timedelta
 ) -> dict[uuid.UUID, Standing]:
     """Each mail still ours, with its standing; a mail missing from the answer was lost to
     another worker."""
-    rows = await connection.fetch(_CHECK.sql, [m.id for m in mails], [m.attempt for m in mails])
+    values = {
+        "ids": [m.id for m in mails],
+        "attempts": [m.attempt for m in mails],
+        "max_age": max_age.total_seconds(),
+    }
+    rows = await connection.fetch(_CHECK.sql, *_CHECK.args(values))
     return {
         row["id"]: Standing(
             expires_at=row["expires_at"],
@@ -674,6 +702,8 @@ async def check_before_send(
             erased=row["erased"],
             suppressed=row["suppressed"],
             opted_out=row["opted_out"],
+            expired=bool(row["expired"]),
+            too_old=bool(row["too_old"]),
         )
         for row in rows
     }
@@ -690,11 +720,16 @@ _FINISH_SQL = """
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
             CAST(:next_attempts AS timestamptz[]), CAST(:ses_message_ids AS text[]),
-            CAST(:last_errors AS text[]), CAST(:kinds AS text[]), CAST(:details AS text[])
-        ) AS o(id, attempt, status, next_attempt_at, ses_message_id, last_error, kind, detail)
+            CAST(:last_errors AS text[]), CAST(:kinds AS text[]), CAST(:details AS text[]),
+            CAST(:retry_ins AS float8[])
+        ) AS o(id, attempt, status, next_attempt_at, ses_message_id, last_error, kind, detail,
+            retry_in)
     ),
     finished AS (
-        UPDATE message AS m SET status = o.status, next_attempt_at = o.next_attempt_at,
+        UPDATE message AS m SET status = o.status,
+            -- A retry is due after its backoff by the database's clock (as every due time).
+            next_attempt_at = COALESCE(o.next_attempt_at,
+                now() + make_interval(secs => COALESCE(o.retry_in, 0))),
             ses_message_id = COALESCE(o.ses_message_id, m.ses_message_id),
             last_error = o.last_error,
             -- When SES took it: a test key's mail is never sent, and never counts in the
@@ -731,7 +766,10 @@ class Result:
     event: str
     detail: str | None = None
     ses_message_id: str | None = None
+    # When it is due again: at this time (the end of quiet hours), or ``retry_in`` seconds
+    # after the database's now(); neither: now.
     next_attempt_at: datetime | None = None
+    retry_in: float | None = None
 
     @property
     def taken_by_ses(self) -> bool:
@@ -739,16 +777,15 @@ class Result:
         return self.status is MessageStatus.SENT and self.ses_message_id is not None
 
 
-async def finish(
-    connection: asyncpg.Connection, *, results: Sequence[Result], now: datetime
-) -> set[uuid.UUID]:
+async def finish(connection: asyncpg.Connection, *, results: Sequence[Result]) -> set[uuid.UUID]:
     """Record the outcomes; returns the mails recorded (the others were lost to another
     worker's claim, and nothing of them was written)."""
     values: dict[str, Any] = {
         "ids": [r.message_id for r in results],
         "attempts": [r.attempt for r in results],
         "statuses": [r.status.value for r in results],
-        "next_attempts": [r.next_attempt_at or now for r in results],
+        "next_attempts": [r.next_attempt_at for r in results],
+        "retry_ins": [r.retry_in for r in results],
         "ses_message_ids": [r.ses_message_id for r in results],
         "last_errors": [None if r.status is MessageStatus.SENT else r.detail for r in results],
         "kinds": [r.event for r in results],
@@ -757,6 +794,24 @@ async def finish(
     statement = _FINISH_WITH_EVENTS if webhooks.enabled() else _FINISH
     rows = await connection.fetch(statement.sql, *statement.args(values))
     return {row["message_id"] for row in rows}
+
+
+# Mails handed to SES whose outcome is not written yet keep their lease: no other worker claims
+# them while the worker that sent them still means to record what SES said.
+_RENEW = NamedStatement.of(
+    """
+    UPDATE message AS m SET next_attempt_at = now() + make_interval(secs => CAST(:lease AS float8))
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS mine(id, attempt)
+    WHERE m.id = mine.id AND m.attempts = mine.attempt AND m.status = 'sending'
+    """
+)
+
+
+async def renew_lease(
+    connection: asyncpg.Connection, *, mails: Sequence[Claimed], lease: float
+) -> None:
+    values = {"ids": [m.id for m in mails], "attempts": [m.attempt for m in mails], "lease": lease}
+    await connection.execute(_RENEW.sql, *_RENEW.args(values))
 
 
 # -- SES feedback (app.sns.feedback applies it, in one transaction) -----------------------
@@ -905,6 +960,41 @@ async def resume_sending(connection: asyncpg.Connection) -> str | None:
     """Lift the pause; the reason it was paused for, or None if it was not."""
     reason: str | None = await connection.fetchval(_RESUME.sql)
     return reason
+
+
+# SES throttled a call: every replica's claims book at half the rate from now on, and the
+# slots already booked ahead at the full rate are spread over twice the time (the first
+# throttle of an episode only: later ones would halve again and again).
+_THROTTLE = NamedStatement.of(
+    """
+    UPDATE send_pacer AS gate SET throttled_at = now(),
+        next_slot_at = CASE WHEN gate.throttled_at IS NULL AND gate.next_slot_at > now()
+            THEN now() + 2 * (gate.next_slot_at - now()) ELSE gate.next_slot_at END
+    FROM (SELECT throttled_at FROM send_pacer WHERE id = 1) AS before
+    WHERE gate.id = 1
+    RETURNING before.throttled_at IS NULL
+    """
+)
+# SES took a mail again, with no throttle for ``quiet`` seconds: the full rate is back.
+_UNTHROTTLE = NamedStatement.of(
+    """
+    UPDATE send_pacer SET throttled_at = NULL
+    WHERE id = 1 AND throttled_at <= now() - make_interval(secs => CAST(:quiet AS float8))
+    RETURNING true
+    """
+)
+
+
+async def throttle(connection: asyncpg.Connection) -> bool:
+    """Halve every replica's rate; True if this began the slowdown."""
+    began = await connection.fetchval(_THROTTLE.sql)
+    return bool(began)
+
+
+async def unthrottle(connection: asyncpg.Connection, *, quiet: float) -> bool:
+    """Back to the full rate; True if it was halved."""
+    ended = await connection.fetchval(_UNTHROTTLE.sql, *_UNTHROTTLE.args({"quiet": quiet}))
+    return bool(ended)
 
 
 # -- erasure (app.erasure orchestrates it with the recipient's owner) ----------------------

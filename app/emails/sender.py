@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
@@ -74,12 +76,41 @@ _MESSAGE = {
 }
 
 
-def classify_ses_error(code: str, http_status: int | None) -> Outcome:
+# MessageRejected "Email address is not verified. The following identities failed the check
+# in region …: a@b, c@d": about the account when it names the From address or its domain (the
+# identity lapsed, say its DKIM records were deleted), about one mail when it names only that
+# mail's recipient (the sandbox, which takes verified recipients only).
+_NOT_VERIFIED = "not verified"
+
+
+def _names(message: str, identity: str) -> bool:
+    """Whether SES's message names ``identity`` as a whole (``proworks.jp`` is not named by
+    ``staff@proworks.jp`` nor by ``mail.proworks.jp``)."""
+    if not identity:
+        return False
+    pattern = r"(?<![\w.@+\-])" + re.escape(identity.lower()) + r"(?![\w\-]|\.\w)"
+    return re.search(pattern, message.lower()) is not None
+
+
+def classify_ses_error(
+    *, code: str, http_status: int | None, message: str, from_address: str, to_addresses: list[str]
+) -> Outcome:
     """Sort an SES error by scope: the mail (fail it), the account (pause sending), or
     neither known (retry with backoff; an unlisted error never fails mail)."""
     if code in _THROTTLED or http_status == 429:
         return Outcome.THROTTLED
     if code in _ACCOUNT or http_status in (401, 403):
+        return Outcome.PAUSED
+    if code == "MessageRejected":
+        sender = parseaddr(from_address)[1] or from_address
+        if _names(message, sender) or _names(message, sender.rpartition("@")[2]):
+            # Also "Did not have authority to send from email …": the From, not this mail.
+            return Outcome.PAUSED
+    if code == "MessageRejected" and _NOT_VERIFIED in message.lower():
+        recipients = [*to_addresses, *(wire_address(a) for a in to_addresses)]
+        if any(_names(message, address) for address in recipients):
+            return Outcome.PERMANENT
+        # Names nobody we know of: every mail would fail alike, so it is not this mail's fault.
         return Outcome.PAUSED
     if code in _MESSAGE:
         return Outcome.PERMANENT
@@ -140,9 +171,15 @@ class SesSender:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            raise SendError(
-                classify_ses_error(code, status), code, str(error.get("Message", ""))
-            ) from exc
+            message = str(error.get("Message", ""))
+            outcome = classify_ses_error(
+                code=code,
+                http_status=status,
+                message=message,
+                from_address=mail.from_address,
+                to_addresses=[mail.to],
+            )
+            raise SendError(outcome, code, message) from exc
         except (BotoCoreError, OSError, TimeoutError) as exc:
             # Network trouble or timeouts: SES may come back any moment.
             raise SendError(Outcome.RETRY, type(exc).__name__, str(exc)) from exc

@@ -145,12 +145,11 @@ async def accept(
         to_address=to,
         user_id=user_id,
         params=params,
-        expires_at=now + kind.lifetime if kind.lifetime else None,
+        lifetime=kind.lifetime or None,
         api_key_id=caller.key_id,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         cause=caller.cause,
-        now=now,
         test=caller.scope is ApiKeyScope.TEST,
         due_at=scheduling.first_due(
             kind=kind,

@@ -1,9 +1,16 @@
 """The outbox worker: claims due mail, checks it right before SendEmail, sends at the shared
-rate, records what happened.
+rate, records what happened as SES answers.
 
 Any number of workers share one database; the statements, and how claims are fenced, sized
 and ordered, are in ``app.emails.outbox``. A worker that dies mid-send delays its mails only
-until their lease runs out.
+until their lease runs out, and a SIGKILL sends again only the calls SES had not answered (or
+answered in the last few milliseconds): each answer is written within ``RECORD_GROUP_SECONDS``.
+
+An answered send is recorded whatever it takes: the write is tried again with no deadline
+while the worker keeps renewing the lease of the mails it holds, and mail whose lease ran out
+is claimed again only by a worker that has had the database for a whole lease (so never while
+its own writes are waiting: a worker that lost the database for longer than the lease records
+what SES said before anyone sends those mails again).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -60,6 +67,15 @@ RATE_REFRESH_SECONDS = 300.0
 ACCOUNT_PAUSED_WAIT_SECONDS = 60.0
 FALLBACK_RATE = 1.0
 MAILBOX_RATE = 100.0
+# Answers that come in within this of each other are written in one statement: a SIGKILL sends
+# again only what SES had not answered this long before (the bench's drain: see bench/NOTES.md).
+RECORD_GROUP_SECONDS = 0.02
+# Writing an answered send is tried again this often at most, for as long as it takes.
+RECORD_RETRY_CAP_SECONDS = 2.0
+# Throttled, and then SES took a mail with no throttle for this long: full rate again.
+THROTTLE_QUIET_SECONDS = 1.0
+# On throttling, GetAccount is read again at once, but not more often than this.
+RATE_REREAD_SECONDS = 10.0
 # Slots are spaced for 98 % of the rate: a send that leaves late (a slow render, a busy
 # event loop) bunches with the next ones, and SES must still never see more than its rate
 # over any window (measured: 14.1/s over 10 s at 100 %; bench/README.md).
@@ -103,6 +119,15 @@ class Worker:
         self.rate = settings.max_send_rate or FALLBACK_RATE
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_count = 0
+        # Event-loop time of the last failed database call (None: none yet). Mail whose lease
+        # ran out is claimed again only a whole lease after it (``may_reclaim``).
+        self._db_trouble_at: float | None = None
+        # Event-loop time SES last throttled a call; each claim's remaining slots spread out.
+        self._throttled_at: float | None = None
+        self._throttle_written_at = -1e9
+        self._reread = asyncio.Event()
+        self._reread_at = -1e9
+        self._background: set[asyncio.Task[None]] = set()
         self.quiet = scheduling.QuietHours.of(settings.quiet_hours, settings.timezone)
         self._sender_info = SenderInfo(
             name=settings.sender_name,
@@ -143,87 +168,153 @@ class Worker:
 
     # -- one round ------------------------------------------------------------------------
 
+    def db_trouble(self) -> None:
+        self._db_trouble_at = asyncio.get_running_loop().time()
+
+    @property
+    def may_reclaim(self) -> bool:
+        """Whether this worker may take over mail whose lease ran out: only once it has had
+        the database for a whole lease. A lease that ran out while the database was away says
+        nothing about its worker, which renews it (or records the outcome) within seconds of
+        the database's return."""
+        if self._db_trouble_at is None:
+            return True
+        return asyncio.get_running_loop().time() - self._db_trouble_at >= self.lease
+
     async def claim(self, limit: int) -> Claim:
-        async with driver_connection(self.engine) as conn:
-            return await outbox.claim(
-                conn,
-                limit=limit,
-                rate=self.paced_rate,
-                horizon=CLAIM_HORIZON_SECONDS,
-                lease=self.lease,
-                probe=self.probe_seconds,
-            )
+        try:
+            async with driver_connection(self.engine) as conn:
+                return await outbox.claim(
+                    conn,
+                    limit=limit,
+                    rate=self.paced_rate,
+                    horizon=CLAIM_HORIZON_SECONDS,
+                    lease=self.lease,
+                    probe=self.probe_seconds,
+                    reclaim=self.may_reclaim,
+                )
+        except Exception:
+            self.db_trouble()
+            raise
 
     def claim_wait(self, claim: Claim) -> float:
         """How long to wait before claiming again after a claim the gate gave no room."""
         if claim.pause_reason is not None:
             return max(0.05, min(claim.paused_for, self.probe_seconds))
         # Claim again once about half the horizon (or at least one slot) has been sent.
-        refill = max(CLAIM_HORIZON_SECONDS / 2, 1 / self.paced_rate)
+        refill = max(CLAIM_HORIZON_SECONDS / 2, 1 / (claim.rate or self.paced_rate))
         return max(0.02, claim.first_slot - (CLAIM_HORIZON_SECONDS - refill))
 
     async def process(self, claim: Claim) -> None:
-        """Send a claim's mails in their slots, each checked right before, and record all."""
+        """Send a claim's mails in their slots, each checked right before; each outcome is
+        recorded as it comes (``Recorder``), and the claim's leases renewed until it is."""
         loop = asyncio.get_running_loop()
         start = loop.time() + claim.first_slot
-        rate = self.paced_rate
+        rate = claim.rate or self.paced_rate
         # Test mail booked no slot (it never reaches SES): it goes at once, beside real mail.
         slots = sorted(
             [(start + i / rate, mail) for i, mail in enumerate(claim.paced)]
             + [(loop.time(), mail) for mail in claim.mails if mail.test],
             key=lambda slot: slot[0],
         )
-        results: list[Result] = []
-        sends: list[asyncio.Task[Result]] = []
-        while slots:
-            lead = slots[0][0] - CHECK_GROUP_SECONDS - loop.time()
-            if lead > 0:
-                await asyncio.sleep(lead)
-            horizon = loop.time() + CHECK_GROUP_SECONDS
-            group = [slot for slot in slots if slot[0] <= horizon]
-            slots = slots[len(group) :]
-            try:
-                standings = await self._check([mail for _, mail in group])
-            except Exception as exc:
-                # Unchecked mail is not sent: its lease runs out and a worker claims it again.
-                # The sends already made are still recorded below.
-                log.warning(
-                    "pre-send check failed; those mails wait for their lease",
-                    extra={"event": "check_failed", "error": repr(exc), "mails": len(group)},
-                )
-                continue
-            now = datetime.now(UTC)
-            for when, mail in group:
-                standing = standings.get(mail.id)
-                if standing is None:
-                    _log_lost(mail.id, "before sending")
+        recorder = Recorder(self, claim.mails)
+        recording = asyncio.create_task(recorder.run())
+        renewing = asyncio.create_task(self._renew(recorder))
+        # Booked at half the rate already: SES's throttling is in the slots. A throttle from
+        # before this claim is in the pacer's answer; one during it spreads what is left.
+        spread = claim.throttled
+        began = loop.time()
+        sends: list[asyncio.Task[None]] = []
+        try:
+            while slots:
+                if not spread and (self._throttled_at or 0.0) >= began:
+                    # SES throttles: the rest of this claim goes out at half its rate.
+                    spread = True
+                    now = loop.time()
+                    slots = [(now + 2 * max(0.0, when - now), mail) for when, mail in slots]
+                lead = slots[0][0] - CHECK_GROUP_SECONDS - loop.time()
+                if lead > 0:
+                    await asyncio.sleep(lead)
+                horizon = loop.time() + CHECK_GROUP_SECONDS
+                group = [slot for slot in slots if slot[0] <= horizon]
+                slots = slots[len(group) :]
+                try:
+                    standings = await self._check([mail for _, mail in group])
+                except Exception as exc:
+                    # Unchecked mail is not sent: its lease runs out and a worker claims it
+                    # again. The sends already made are still recorded.
+                    log.warning(
+                        "pre-send check failed; those mails wait for their lease",
+                        extra={"event": "check_failed", "error": repr(exc), "mails": len(group)},
+                    )
+                    recorder.let_go(mail for _, mail in group)
                     continue
-                stopped = self._stopped(mail, standing, now)
-                if stopped is not None:
-                    results.append(stopped)
-                else:
-                    sends.append(asyncio.create_task(self._send_at(mail, when)))
-        results.extend(await asyncio.gather(*sends))
-        recorded = await self._record(results)
-        await self._gate(claim, results)
-        _count([r for r in results if r.message_id in recorded], claim.mails)
+                for when, mail in group:
+                    standing = standings.get(mail.id)
+                    if standing is None:
+                        _log_lost(mail.id, "before sending")
+                        recorder.let_go([mail])
+                        continue
+                    stopped = self._stopped(mail, standing)
+                    if stopped is not None:
+                        recorder.add(stopped)
+                    else:
+                        sends.append(
+                            asyncio.create_task(self._send_and_record(mail, when, recorder))
+                        )
+            await asyncio.gather(*sends)
+        finally:
+            recorder.close()
+            try:
+                await recording
+            finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+        await self._gate(claim, recorder.results)
+        _count([r for r in recorder.results if r.message_id in recorder.recorded], claim.mails)
+
+    async def _send_and_record(self, mail: Claimed, when: float, recorder: Recorder) -> None:
+        recorder.add(await self._send_at(mail, when))
 
     async def _check(self, mails: Sequence[Claimed]) -> dict[uuid.UUID, Standing]:
         async def check() -> dict[uuid.UUID, Standing]:
-            async with driver_connection(self.engine) as conn:
-                return await outbox.check_before_send(conn, mails=mails)
+            try:
+                async with driver_connection(self.engine) as conn:
+                    return await outbox.check_before_send(conn, mails=mails, max_age=MAX_RETRY_AGE)
+            except Exception:
+                self.db_trouble()
+                raise
 
         # Tried again while the database is away, within a part of the lease.
         return await retrying(check, within=self.lease / 4)
 
-    def _stopped(self, mail: Claimed, standing: Standing, now: datetime) -> Result | None:
+    async def _renew(self, recorder: Recorder) -> None:
+        """Renew the lease of the claim's mails not yet recorded, until they are: no other
+        worker claims a mail whose outcome this one still means to write."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            mails = recorder.unwritten()
+            if not mails:
+                continue
+            try:
+                async with driver_connection(self.engine) as conn:
+                    await outbox.renew_lease(conn, mails=mails, lease=self.lease)
+            except Exception as exc:  # the database is away: tried again next time round
+                self.db_trouble()
+                log.info(
+                    "could not renew leases", extra={"event": "renew_failed", "error": repr(exc)}
+                )
+
+    def _stopped(self, mail: Claimed, standing: Standing) -> Result | None:
         """A result without sending (expired, suppressed, opted out, held, given up), or None
-        to send: the rules as they stand right before SendEmail."""
+        to send: the rules as they stand right before SendEmail, times by the database's
+        clock."""
 
         def result(status: MessageStatus, event: str, detail: str | None) -> Result:
-            return Result(mail.id, mail.attempt, status, event, detail, next_attempt_at=now)
+            return Result(mail.id, mail.attempt, status, event, detail)
 
-        if standing.expires_at is not None and standing.expires_at <= now:
+        if standing.expired:
             return result(MessageStatus.EXPIRED, "expired", "the link expired")
         if standing.suppressed is not None:
             return result(MessageStatus.FAILED, "blocked", f"suppressed: {standing.suppressed}")
@@ -235,7 +326,7 @@ class Worker:
             return result(
                 MessageStatus.HELD, "held", "bounce or complaint rate over SES's review level"
             )
-        if standing.expires_at is None and now >= mail.created_at + MAX_RETRY_AGE:
+        if standing.expires_at is None and standing.too_old:
             return result(MessageStatus.FAILED, "gave_up", standing.last_error or "not sent in 24h")
         return None
 
@@ -288,6 +379,8 @@ class Worker:
         try:
             ses_id = await self.sender.send(rendered)
         except SendError as exc:
+            if exc.outcome is Outcome.THROTTLED:
+                self._throttled()
             return self._after_error(mail, exc, now)
         finally:
             SES_CALL_LATENCY.observe(time.perf_counter() - started)
@@ -321,7 +414,7 @@ class Worker:
             wait = backoff_seconds(mail.attempt)
             event = "send_retry"
         next_attempt = now + timedelta(seconds=wait)
-        if next_attempt >= retry_deadline(mail):
+        if next_attempt >= retry_deadline(mail):  # (the pre-send check judges it exactly)
             status = MessageStatus.EXPIRED if mail.expires_at else MessageStatus.FAILED
             return Result(mail.id, mail.attempt, status, "gave_up", reason)
         SEND_RETRIES.labels(outcome=exc.outcome.value).inc()
@@ -342,29 +435,39 @@ class Worker:
             # An optional mail's retry that falls inside quiet hours waits for their end.
             after = scheduling.after_quiet_hours(next_attempt, message_id=mail.id, quiet=self.quiet)
             if after is not None:
-                status, next_attempt = MessageStatus.SCHEDULED, after
+                status = MessageStatus.SCHEDULED
                 detail = f"{reason} (quiet hours: next attempt at {after.isoformat()})"
-        return Result(mail.id, mail.attempt, status, event, detail, next_attempt_at=next_attempt)
+                return Result(mail.id, mail.attempt, status, event, detail, next_attempt_at=after)
+        return Result(mail.id, mail.attempt, status, event, detail, retry_in=wait)
 
-    async def _record(self, results: list[Result]) -> set[uuid.UUID]:
-        """Write the outcomes; retried for a while, because a mail sent but not recorded
-        would be sent again when its lease runs out."""
-        if not results:
-            return set()
+    def _throttled(self) -> None:
+        """SES throttled a call: spread this worker's booked slots, halve every replica's
+        rate through the pacer, and read GetAccount again early (the rate may have changed)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._throttled_at = now
+        if now - self._throttle_written_at >= 0.5:
+            self._throttle_written_at = now
+            task = asyncio.create_task(self._write_throttle())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if now - self._reread_at >= RATE_REREAD_SECONDS:
+            self._reread_at = now
+            self._reread.set()
 
-        async def finish() -> set[uuid.UUID]:
-            async with driver_connection(self.engine) as conn:
-                return await outbox.finish(conn, results=results, now=datetime.now(UTC))
-
+    async def _write_throttle(self) -> None:
         try:
-            recorded = await retrying(finish, within=self.lease / 2)
-        except Exception:
-            log.exception("could not record send results", extra={"event": "record_failed"})
-            return set()
-        for result in results:
-            if result.message_id not in recorded:
-                _log_lost(result.message_id, f"after it was {result.event}")
-        return recorded
+            async with driver_connection(self.engine) as conn:
+                began = await outbox.throttle(conn)
+        except Exception as exc:  # the next throttle tries again
+            self.db_trouble()
+            log.warning("could not slow the pacer", extra={"error": repr(exc)})
+            return
+        if began:
+            log.warning(
+                "SES throttles; every replica sends at half the rate until SES takes mail again",
+                extra={"event": "ses_throttled", "rate": self.rate / 2},
+            )
 
     async def _gate(self, claim: Claim, results: list[Result]) -> None:
         """Pause sending for every worker on an error about the account; resume when a probe
@@ -403,8 +506,28 @@ class Worker:
                         ":white_check_mark: tegami resumed sending: SES takes mail again.",
                     )
                     self.wake.set()
+            if claim.throttled and any(r.ses_message_id for r in results):
+                await self._unthrottle()
         except Exception as exc:  # the database is away: the next error or probe tries again
+            self.db_trouble()
             log.warning("could not set the send gate", extra={"error": repr(exc)})
+
+    async def _unthrottle(self) -> None:
+        """SES took mail again after throttling: the full rate for every replica, once no
+        throttle came for a moment."""
+        loop = asyncio.get_running_loop()
+        if self._throttled_at is not None and (
+            loop.time() - self._throttled_at < THROTTLE_QUIET_SECONDS
+        ):
+            return
+        async with driver_connection(self.engine) as conn:
+            ended = await outbox.unthrottle(conn, quiet=THROTTLE_QUIET_SECONDS)
+        self._throttled_at = None
+        if ended:
+            log.warning(
+                "SES takes mail again; full send rate",
+                extra={"event": "ses_throttle_ended", "rate": self.rate},
+            )
 
     async def drain(self) -> int:
         """Process until nothing is due now (tests, one-off runs). Returns how many were handled.
@@ -438,7 +561,7 @@ class Worker:
         finally:
             if self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
-            for task in tasks:
+            for task in [*tasks, *self._background]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -497,8 +620,15 @@ class Worker:
 
     async def _refresh_rate_forever(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            await asyncio.sleep(RATE_REFRESH_SECONDS)
+            # Early when SES throttles: its MaxSendRate may have been lowered.
+            await _first_of(self._reread, stopping, within=RATE_REFRESH_SECONDS)
+            early = self._reread.is_set()
+            self._reread.clear()
+            if stopping.is_set():
+                return
             await self.refresh_rate()
+            if early and self.reputation is not None:
+                await self.reputation.poll_account()
 
     async def _listen(self, stopping: asyncio.Event) -> None:
         """LISTEN for mail accepted by other replicas, and for their reputation verdicts;
@@ -533,6 +663,82 @@ class Worker:
                     "LISTEN connection lost", extra={"event": "listen_lost", "error": repr(exc)}
                 )
                 await asyncio.sleep(2.0)
+
+
+class Recorder:
+    """Writes a claim's outcomes as SES answers: each answer within ``RECORD_GROUP_SECONDS``,
+    those that came in together in one statement. A write that fails is tried again, with no
+    deadline (a mail SES took and not recorded would be sent again), while the worker renews
+    the leases of the mails still unwritten (``unwritten``)."""
+
+    def __init__(self, worker: Worker, mails: Sequence[Claimed]) -> None:
+        self._worker = worker
+        self._open = {mail.id: mail for mail in mails}
+        self._waiting: list[Result] = []
+        self._arrived = asyncio.Event()
+        self._closed = False
+        self.results: list[Result] = []
+        self.recorded: set[uuid.UUID] = set()
+
+    def add(self, result: Result) -> None:
+        self._waiting.append(result)
+        self.results.append(result)
+        self._arrived.set()
+
+    def let_go(self, mails: Iterable[Claimed]) -> None:
+        """Mails that will have no outcome from this claim (unchecked, lost): their lease runs
+        out."""
+        for mail in mails:
+            self._open.pop(mail.id, None)
+
+    def unwritten(self) -> list[Claimed]:
+        return list(self._open.values())
+
+    def close(self) -> None:
+        """No more results: ``run`` returns once the last are written."""
+        self._closed = True
+        self._arrived.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if not self._closed:
+                # The answers that come in meanwhile go in the same statement.
+                await asyncio.sleep(RECORD_GROUP_SECONDS)
+            self._arrived.clear()
+            batch, self._waiting = self._waiting, []
+            if batch:
+                await self._write(batch)
+            if self._closed and not self._waiting:
+                return
+
+    async def _write(self, results: list[Result]) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with driver_connection(self._worker.engine) as conn:
+                    recorded = await outbox.finish(conn, results=results)
+                break
+            except Exception as exc:
+                self._worker.db_trouble()
+                attempt += 1
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "could not record send results; trying again until they are",
+                        extra={"event": "record_failed", "error": repr(exc), "attempt": attempt},
+                    )
+                await asyncio.sleep(backoff(attempt, first=0.1, cap=RECORD_RETRY_CAP_SECONDS))
+        if attempt:
+            log.info(
+                "send results recorded after the database came back",
+                extra={"event": "record_recovered", "attempts": attempt + 1},
+            )
+        for result in results:
+            self._open.pop(result.message_id, None)
+            if result.message_id in recorded:
+                self.recorded.add(result.message_id)
+            else:
+                _log_lost(result.message_id, f"after it was {result.event}")
 
 
 def _log_lost(message_id: uuid.UUID, when: str) -> None:

@@ -128,19 +128,24 @@ async def test_running_worker_resends_by_itself_when_ses_returns(
     assert len(ses.sent()) == 1
 
 
-async def test_permanent_ses_error_fails_the_mail_with_the_reason(
-    start_app: AppFactory, auth: dict[str, str], ses: MotoSes
+async def test_an_unverified_from_address_pauses_sending_and_fails_nothing(
+    start_app: AppFactory, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
 ) -> None:
-    # moto refuses a From domain that is not a verified identity, as SES does.
+    # moto refuses a From domain that is not a verified identity, as SES does ("Email address
+    # not verified", "Did not have authority to send from email noreply@unverified.example"):
+    # about the account, not the mail.
     client = await start_app(from_address="PRO WORKS <noreply@unverified.example>")
     email_id = await _accept(client, auth)
 
     await drain(client)
 
     shown = await _status(client, auth, email_id)
-    assert shown["status"] == "failed"
+    assert shown["status"] == "queued"
     assert "MessageRejected" in str(shown["last_error"])
     assert ses.sent() == []
+    async with engine.connect() as conn:
+        reason = (await conn.execute(text("SELECT pause_reason FROM send_pacer"))).scalar_one()
+    assert "noreply@unverified.example" in reason
 
 
 async def test_new_mail_wakes_the_running_worker(
@@ -241,7 +246,7 @@ async def test_every_attempt_is_on_the_record(
         ("NotFoundException", 404, Outcome.PAUSED),
         ("SomethingNew", 403, Outcome.PAUSED),
         # About this mail: it fails with SES's reason.
-        ("MessageRejected", 400, Outcome.PERMANENT),
+        ("MessageRejected", 400, Outcome.PERMANENT),  # (a virus, say: not "not verified")
         ("InvalidParameterValue", 400, Outcome.PERMANENT),
         # SES's side, or nobody listed it: retried with backoff, never failed for it.
         ("InternalFailure", 500, Outcome.RETRY),
@@ -251,4 +256,102 @@ async def test_every_attempt_is_on_the_record(
     ],
 )
 def test_ses_errors_are_sorted_by_scope(code: str, status: int | None, outcome: Outcome) -> None:
-    assert classify_ses_error(code, status) is outcome
+    sorted_as = classify_ses_error(
+        code=code,
+        http_status=status,
+        message="Message rejected",
+        from_address="PRO WORKS <noreply@proworks.jp>",
+        to_addresses=["taro@example.com"],
+    )
+    assert sorted_as is outcome
+
+
+_FAILED_THE_CHECK = (
+    "Email address is not verified. The following identities failed the check in region "
+    "AP-NORTHEAST-1: {}"
+)
+
+
+@pytest.mark.parametrize(
+    ("named", "outcome"),
+    [
+        # The From identity lapsed (its DKIM records deleted, say): every mail would fail.
+        ("noreply@proworks.jp", Outcome.PAUSED),
+        ("proworks.jp", Outcome.PAUSED),
+        ("NoReply@ProWorks.jp", Outcome.PAUSED),
+        ("noreply@proworks.jp, taro@example.com", Outcome.PAUSED),
+        # The sandbox: this mail's recipient is not verified; only this mail fails.
+        ("taro@example.com", Outcome.PERMANENT),
+        ('"taro."@docomo.ne.jp', Outcome.PERMANENT),
+        # Names another address of the From domain, or nobody we know: not this mail's fault.
+        ("staff@proworks.jp", Outcome.PAUSED),
+        ("", Outcome.PAUSED),
+    ],
+)
+def test_not_verified_is_about_the_account_unless_it_names_the_recipient_alone(
+    named: str, outcome: Outcome
+) -> None:
+    sorted_as = classify_ses_error(
+        code="MessageRejected",
+        http_status=400,
+        message=_FAILED_THE_CHECK.format(named),
+        from_address="PRO WORKS <noreply@proworks.jp>",
+        to_addresses=["taro@example.com", "taro.@docomo.ne.jp"],
+    )
+    assert sorted_as is outcome
+
+
+def _clock(offset: timedelta) -> type[datetime]:
+    """``datetime`` whose ``now()`` is ``offset`` away from the machine's: a replica whose
+    clock drifted (NTP broken, a VM resumed)."""
+
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + offset
+
+    return Shifted
+
+
+async def test_a_worker_whose_clock_is_behind_never_sends_an_expired_link(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    engine: AsyncEngine,
+    ses: MotoSes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    email_id = await _accept(client, auth, kind="password-reset")
+    async with engine.begin() as conn:  # by the database's clock, the link expired 5 min ago
+        await conn.execute(text("UPDATE message SET expires_at = now() - interval '5 minutes'"))
+    monkeypatch.setattr("app.emails.worker.datetime", _clock(-timedelta(minutes=10)))
+
+    await drain(client)
+
+    assert ses.sent() == []
+    shown = await _status(client, auth, email_id)
+    assert shown["status"] == "expired"
+
+
+async def test_an_api_replica_whose_clock_is_ahead_sets_no_due_or_expiry_time(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.emails.service.datetime", _clock(timedelta(minutes=10)))
+    await _accept(client, auth, kind="password-reset")
+
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT now() - created_at AS age, next_attempt_at - now() AS due_in, "
+                    "expires_at - created_at AS lifetime FROM message"
+                )
+            )
+        ).one()
+    # By the database's clock: due now, the link good for its hour from now (not from the
+    # replica's ten minutes ahead, which would let it live ten minutes too long).
+    assert timedelta(0) <= stored.age < timedelta(seconds=10)
+    assert stored.due_in <= timedelta(0)
+    assert stored.lifetime == timedelta(hours=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -298,3 +299,119 @@ async def test_an_account_ses_has_paused_sends_nothing_until_ses_lets_it(
 
     await eventually(sent)
     assert ses.sent_ids() == {email_id: 1}
+
+
+_FROM_NOT_VERIFIED = (
+    "Email address is not verified. The following identities failed the check in region "
+    "US-EAST-1: noreply@proworks.jp"
+)
+
+
+async def _pause_reason(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        reason: str | None = (
+            await conn.execute(text("SELECT pause_reason FROM send_pacer"))
+        ).scalar_one_or_none()
+    return reason
+
+
+async def test_ses_no_longer_verifying_the_from_address_pauses_sending_and_fails_nothing(
+    start_app: AppFactory,
+    auth: dict[str, str],
+    engine: AsyncEngine,
+    ses: FakeSes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The domain's DKIM records were deleted: SES no longer verifies the From identity, and
+    # says so for every mail. Nothing is wrong with any of the mails.
+    ses.default = Answer.REJECTED
+    ses.rejection = _FROM_NOT_VERIFIED
+    client = await start_app(run_worker=True)
+    worker = client.app.state.worker  # type: ignore[attr-defined]
+    worker.probe_seconds = 0.5
+    caplog.set_level(logging.INFO)
+    ids = await _accept(client, auth, 6)
+
+    async def paused() -> bool:
+        reason = await _pause_reason(engine)
+        return reason is not None and "noreply@proworks.jp" in reason
+
+    await eventually(paused)
+
+    async def probed_twice() -> bool:
+        return ses.answers()[Answer.REJECTED] >= len(ids) + 2
+
+    await eventually(probed_twice, within=15)
+    assert "failed" not in (await _statuses(engine)).values()
+
+    ses.default = Answer.OK  # the operator puts the DKIM records back
+
+    async def all_sent() -> bool:
+        return set((await _statuses(engine)).values()) == {"sent"}
+
+    await eventually(all_sent, within=20)
+    assert ses.sent_ids() == {email_id: 1 for email_id in ids}
+    assert await _pause_reason(engine) is None
+    events = [r.__dict__.get("event") for r in caplog.records]
+    assert events.count("ses_sending_paused") == 1
+    assert events.count("ses_sending_resumed") == 1
+
+
+async def test_an_unverified_recipient_in_the_sandbox_fails_only_that_mail(
+    start_app: AppFactory, auth: dict[str, str], engine: AsyncEngine, ses: FakeSes
+) -> None:
+    ses.unverified = {"user2@example.com"}  # SES's sandbox: only verified recipients
+    client = await start_app(run_worker=True)
+    ids = await _accept(client, auth, 5)
+
+    async def all_final() -> dict[str, str] | None:
+        statuses = await _statuses(engine)
+        return statuses if set(statuses.values()) <= {"sent", "failed"} else None
+
+    statuses = await eventually(all_final)
+    assert statuses == {email_id: "failed" if n == 2 else "sent" for n, email_id in enumerate(ids)}
+    shown = (await client.get(f"/emails/{ids[2]}", headers=auth)).json()
+    assert "user2@example.com" in shown["last_error"]
+    assert await _pause_reason(engine) is None
+
+
+async def test_a_throttling_storm_slows_every_replica_to_half_the_rate_and_each_mail_goes_once(
+    start_app: AppFactory,
+    auth: dict[str, str],
+    engine: AsyncEngine,
+    ses: FakeSes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rate, storm = 10, 6.0
+    caplog.set_level(logging.INFO)
+    # Two replicas, each with its worker, sharing the pacer.
+    client = await start_app(run_worker=True, max_send_rate=rate)
+    await start_app(run_worker=True, max_send_rate=rate)
+    reads_before = ses.account_reads
+    ses.throttle_until = time.monotonic() + storm
+    storm_started = time.monotonic()
+    ids = await _accept(client, auth, 60)
+
+    async def all_sent() -> bool:
+        return set((await _statuses(engine)).values()) == {"sent"}
+
+    await eventually(all_sent, within=60)
+
+    during = [r for r in ses.requests if r.received_at < storm_started + storm]
+    assert all(r.answer is Answer.THROTTLED for r in during)
+    # Half the configured rate over the storm (one slot of slack for the first answer).
+    assert len(during) <= rate / 2 * storm + 1, len(during)
+    assert ses.sent_ids() == {email_id: 1 for email_id in ids}, "each mail once, after it"
+    # GetAccount read again early (the rate may have been lowered), not 5 minutes later.
+    assert ses.account_reads > reads_before
+    # SES took mail again: the full rate is back for every replica.
+    async with engine.connect() as conn:
+        throttled = (await conn.execute(text("SELECT throttled_at FROM send_pacer"))).scalar_one()
+    assert throttled is None
+    events = [r.__dict__.get("event") for r in caplog.records]
+    assert "ses_throttled" in events
+    assert "ses_throttle_ended" in events
+    print(
+        f"\nthrottling storm: {len(during)} SendEmail calls in {storm:.0f} s at a configured "
+        f"{rate}/s, {len(ses.requests)} in all for {len(ids)} mails"
+    )
