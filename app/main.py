@@ -32,6 +32,7 @@ from app.recipients.router import router as recipients_router
 from app.recipients.ses_list import SesSuppressionList
 from app.sns.router import router as sns_router
 from app.sns.signature import CertificateStore
+from app.support.router import router as support_router
 from app.unsubscribe.router import router as unsubscribe_router
 from app.webhooks import deliveries as webhook_deliveries
 from app.webhooks.dispatcher import WebhookDispatcher
@@ -125,6 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(emails_router)
+    # Before the recipients' routes: `/recipients/{email:anytext}` would take `.../why` too.
+    app.include_router(support_router)
     app.include_router(recipients_router)
     app.include_router(erasure_router)
     app.include_router(sns_router)

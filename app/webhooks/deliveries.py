@@ -57,13 +57,13 @@ class DeliveryStatus(StrEnum):
 # -- recording events --------------------------------------------------------------------
 
 # For ``outbox.finish``: composed after a CTE ``emails_changed`` that returns the changed
-# messages' own columns ``id, kind, user_id, to_address, status``. A retry (back to queued)
+# messages' own columns ``id, kind, user_id, to_address, status, tags``. A retry (back to queued)
 # is not news to the app; the statuses below are.
 EMAIL_EVENTS_CTE = """
     webhook_email_events AS (
         INSERT INTO webhook_delivery (type, data)
         SELECT 'email.' || c.status, jsonb_build_object('email_id', c.id, 'type', c.kind,
-            'user_id', c.user_id, 'address', c.to_address, 'status', c.status,
+            'user_id', c.user_id, 'address', c.to_address, 'status', c.status, 'tags', c.tags,
             'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
         FROM emails_changed AS c
         WHERE c.status IN ('sent', 'failed', 'expired', 'held')
@@ -81,7 +81,7 @@ FEEDBACK_EVENTS_CTE = """
         INSERT INTO webhook_delivery (type, data)
         SELECT CAST(:webhook_type AS text), jsonb_build_object('email_id', m.id,
             'type', m.kind, 'user_id', m.user_id, 'address', m.to_address,
-            'status', COALESCE(CAST(:status AS text), m.status),
+            'status', COALESCE(CAST(:status AS text), m.status), 'tags', m.tags,
             'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
             || COALESCE(CAST(:webhook_extra AS jsonb), '{}'::jsonb)
         FROM message AS m
@@ -124,7 +124,7 @@ async def enqueue_email_events(
         return
     data = func.jsonb_build_object(
         "email_id", Message.id, "type", Message.kind, "user_id", Message.user_id,
-        "address", Message.to_address, "status", Message.status,
+        "address", Message.to_address, "status", Message.status, "tags", Message.tags,
         "ses_type", null(), "ses_subtype", null(), "diagnostic", null(),
     )  # fmt: skip
     events = select(literal("email.") + Message.status, data).where(Message.id.in_(message_ids))

@@ -56,6 +56,9 @@ class EmailEventData(BaseModel):
     user_id: str | None = Field(description="The app's own user id, when it gave one.")
     address: str | None = Field(description="The recipient, as the app gave it (null if erased).")
     status: MessageStatus = Field(description="The email's status after the event.")
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="The tags the send gave (`{}` when none)."
+    )
     ses_type: None = Field(default=None, description="Only bounces and complaints carry one.")
     ses_subtype: None = Field(default=None, description="Only bounces carry one.")
     diagnostic: None = Field(default=None, description="Only bounces carry one.")

@@ -1,0 +1,141 @@
+"""GET /emails (find mail) and GET /recipients/{email}/why (say why, in Japanese)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import AfterValidator
+
+from app.api_keys import ApiKeyDep, Caller
+from app.config import Settings
+from app.db import SessionDep
+from app.errors import error_responses
+from app.models import ApiKeyScope, MailType, MessageStatus
+from app.recipients.addresses import address_hash, check_address
+from app.recipients.router import EmailPath
+from app.support import search, service
+from app.support.schemas import EmailFoundRead, EmailSearchRead, LastEventRead, VerdictRead
+
+router = APIRouter(tags=["support"])
+
+
+def _hash(request: Request, email: str) -> bytes:
+    settings: Settings = request.app.state.settings
+    return address_hash(email, secret=settings.address_hash_secret.get_secret_value())
+
+
+def _address_or_none(value: str | None) -> str | None:
+    return check_address(value.strip()) if value is not None else None
+
+
+def own_mail_only(caller: Caller) -> int | None:
+    """A `test` key finds only the mail it sent; every other key finds all of it."""
+    return caller.key_id if caller.scope is ApiKeyScope.TEST else None
+
+
+@router.get(
+    "/emails",
+    response_model=EmailSearchRead,
+    summary="Find mail by recipient, user, type, status, tag and time",
+    operation_id="findEmails",
+    description="Newest first, in pages of `limit` (at most 100): pass `next_cursor` back as "
+    "`cursor` for the next. `to` matches the recipient case-insensitively, and either spelling "
+    'of a legacy carrier address (`taro.@docomo.ne.jp`, `"taro."@docomo.ne.jp`). A `test` '
+    "key finds only the mail it sent.",
+    responses=error_responses(
+        401, 403, 422, 503, _422="A bad filter or cursor (`invalid_request`)."
+    ),
+)
+async def find_emails(
+    request: Request,
+    session: SessionDep,
+    caller: ApiKeyDep,
+    to: Annotated[
+        str | None,
+        Query(max_length=254, description="The recipient, in any case or spelling."),
+        AfterValidator(_address_or_none),
+    ] = None,
+    user_id: Annotated[str | None, Query(max_length=200)] = None,
+    type: MailType | None = None,
+    status: MessageStatus | None = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(
+            max_length=10,
+            description="`key:value` (e.g. `job_id:J-1`); repeat for mail carrying them all.",
+        ),
+    ] = None,
+    since: Annotated[datetime | None, Query(description="Accepted at or after.")] = None,
+    until: Annotated[datetime | None, Query(description="Accepted before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> EmailSearchRead:
+    page = await search.find_emails(
+        session,
+        filters=search.Filters(
+            address_hash=_hash(request, to) if to is not None else None,
+            user_id=user_id,
+            type=type.value if type is not None else None,
+            status=status.value if status is not None else None,
+            tags=dict(search.parse_tag(t) for t in tag) if tag else None,
+            since=since,
+            until=until,
+            api_key_id=own_mail_only(caller),
+        ),
+        limit=limit,
+        cursor=cursor,
+    )
+    return EmailSearchRead(
+        emails=[
+            EmailFoundRead(
+                id=e.id,
+                type=MailType(e.type),
+                status=MessageStatus(e.status),
+                to=e.to,
+                user_id=e.user_id,
+                tags=e.tags,
+                created_at=e.created_at,
+                last_event=LastEventRead(
+                    kind=e.last_event_kind, detail=e.last_event_detail, created_at=e.last_event_at
+                )
+                if e.last_event_kind is not None and e.last_event_at is not None
+                else None,
+            )
+            for e in page.emails
+        ],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get(
+    "/recipients/{email:anytext}/why",
+    response_model=VerdictRead,
+    summary="Why a person did or did not get a mail, in Japanese",
+    operation_id="why",
+    description="The verdict on the newest mail of `type` (any type when omitted) to the "
+    "address, or on what stops mail to it (erased, suppressed, opted out): `explanation` and "
+    "`next_step` are Japanese, for support staff to read to the customer.",
+    responses=error_responses(401, 403, 422, 503, _422="Not an email address (`invalid_request`)."),
+)
+async def why(
+    email: EmailPath,
+    request: Request,
+    session: SessionDep,
+    caller: ApiKeyDep,
+    type: MailType | None = None,
+) -> VerdictRead:
+    verdict = await service.why(
+        session,
+        address=email,
+        address_hash=_hash(request, email),
+        type=type.value if type is not None else None,
+        api_key_id=own_mail_only(caller),
+    )
+    return VerdictRead(
+        verdict=verdict.verdict,
+        email_id=verdict.email_id,
+        explanation=verdict.explanation,
+        next_step=verdict.next_step,
+    )
