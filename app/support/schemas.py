@@ -12,7 +12,7 @@ from app.support.why import VerdictKind
 
 
 class LastEventRead(BaseModel):
-    kind: str = Field(description="`accepted`, `sent`, `delivered`, `bounced`, ...")
+    kind: str = Field(description="`accepted`, `sent`, `delivery`, `bounce`, ...")
     detail: str | None = Field(description="What happened, with SES's diagnostic for a bounce.")
     created_at: datetime
 

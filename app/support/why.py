@@ -249,7 +249,7 @@ def decide(facts: PersonFacts) -> Verdict:
             "数分待ってから、受信箱と迷惑メールフォルダを確認してもらってください。" + step_carrier,
         )
     if status == MessageStatus.DELIVERED:
-        delivered = mail.last_event("delivered")
+        delivered = mail.last_event("delivery")
         at = _when(delivered.created_at) if delivered is not None else "送信後"
         return Verdict(
             VerdictKind.DELIVERED,
