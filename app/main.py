@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.config import MailBackend, Settings, load_settings
+from app.console.router import router as console_router
 from app.db import create_engine, create_sessionmaker
 from app.dev.router import router as dev_router
 from app.emails.router import router as emails_router
@@ -136,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(status_router)
     app.include_router(webhooks_router)
+    if settings is None or settings.console:
+        app.include_router(console_router)
     register_webhooks(app.webhooks)
     if settings is not None and settings.mail_backend == MailBackend.MAILBOX:
         app.include_router(dev_router)
