@@ -8,7 +8,7 @@ from html import escape
 from app.console.rates import Bucket
 
 WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 14, 30
+LEFT, RIGHT, TOP, BOTTOM = 60, 24, 14, 36
 # SES's review levels (app/ops/reputation.py): drawn as dashed lines.
 BOUNCE_REVIEW, COMPLAINT_REVIEW = 0.05, 0.001
 
@@ -45,18 +45,18 @@ def rates_svg(buckets: Sequence[Bucket], *, title: str, label_format: str) -> st
     for fraction in (0.0, 0.5, 1.0):
         value = top * fraction
         parts.append(
-            f'<text x="{LEFT - 4}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11">'
+            f'<text x="{LEFT - 4}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="15">'
             f"{value * 100:.1f}%</text>"
         )
     parts.append(
         f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(BOUNCE_REVIEW):.1f}" '
         f'y2="{y(BOUNCE_REVIEW):.1f}" stroke="#c0392b" stroke-dasharray="4 4"/>'
     )
-    step = max(1, len(buckets) // 6)
+    step = max(1, len(buckets) // 4)
     for i, bucket in enumerate(buckets):
         if i % step == 0 or i == len(buckets) - 1:
             parts.append(
-                f'<text x="{x(i):.1f}" y="{HEIGHT - 10}" text-anchor="middle" font-size="11">'
+                f'<text x="{x(i):.1f}" y="{HEIGHT - 12}" text-anchor="middle" font-size="15">'
                 f"{escape(bucket.start.strftime(label_format))}</text>"
             )
     parts.append(

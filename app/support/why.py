@@ -280,6 +280,17 @@ def decide(facts: PersonFacts) -> Verdict:
             "必要であれば、アプリからもう一度送信してもらってください。",
         )
     # failed
+    blocked = mail.last_event("blocked")
+    if blocked is not None:
+        # Stopped by the check right before sending; what stopped it has since gone (or the
+        # verdicts above would have said so).
+        return Verdict(
+            VerdictKind.FAILED,
+            mail.id,
+            f"送信の直前に配信停止の状態だったため、このメールは送りませんでした（{blocked.detail}）。"
+            "その状態は現在は解除されています。",
+            "アプリからもう一度送信してもらえば届きます。",
+        )
     reason = f"（理由: {mail.last_error}）" if mail.last_error else ""
     return Verdict(
         VerdictKind.FAILED,

@@ -119,6 +119,13 @@ async def suppressed_while_queued(desk: Desk, to: str) -> str | None:
     return email_id
 
 
+async def blocked_then_lifted(desk: Desk, to: str) -> str | None:
+    email_id = await suppressed_while_queued(desk, to)
+    answer = await desk.client.delete(f"/recipients/{desk.path(to)}/suppression", headers=desk.auth)
+    assert answer.status_code == 200, answer.text
+    return email_id
+
+
 async def opted_out(desk: Desk, to: str) -> str | None:
     await desk.opt_out(to)
     return None
@@ -239,6 +246,8 @@ CASES = [
          delivered_then_suppressed, "suppressed"),
     Case("suppressed while the mail waited", "stop@example.com", suppressed_while_queued,
          "suppressed"),
+    Case("stopped at send, suppression since lifted", "back@example.com", blocked_then_lifted,
+         "failed", says=("もう一度送信",)),
     Case("opted out, asked about notifications", "quiet@example.com", opted_out, "opted_out",
          type="matching-notification", names_mail=False, says=("配信を再開",)),
     Case("opted out after a notification", "quiet@example.com",
