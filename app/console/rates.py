@@ -5,10 +5,14 @@ bounces and complaints among mail SES took in each bucket, test mail excluded.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Message, MessageEvent
+from app.recipients.rules import Feedback
 
 
 @dataclass(frozen=True)
@@ -27,32 +31,33 @@ class Bucket:
         return self.complaints / self.sends if self.sends else 0.0
 
 
-_BUCKETS = text(
-    """
-    WITH bucket AS (
-        SELECT generate_series(
-            date_trunc(:unit, now()) - make_interval(secs => :step * (:count - 1)),
-            date_trunc(:unit, now()),
-            make_interval(secs => :step)) AS start
-    ),
-    sent AS (
-        SELECT m.id, date_trunc(:unit, m.sent_at) AS start
-        FROM message AS m
-        WHERE m.sent_at >= (SELECT min(start) FROM bucket) AND NOT m.test
-    )
-    SELECT b.start, count(s.id) AS sends,
-        count(s.id) FILTER (WHERE EXISTS (SELECT 1 FROM message_event AS e
-            WHERE e.message_id = s.id AND e.feedback = 'hard_bounce')) AS hard_bounces,
-        count(s.id) FILTER (WHERE EXISTS (SELECT 1 FROM message_event AS e
-            WHERE e.message_id = s.id AND e.feedback = 'complaint')) AS complaints
-    FROM bucket AS b LEFT JOIN sent AS s ON s.start = b.start
-    GROUP BY b.start ORDER BY b.start
-    """
-)
-
-
 async def buckets(session: AsyncSession, *, unit: str, count: int) -> list[Bucket]:
     """``count`` buckets of one ``unit`` ("hour" or "day"), the last one the current."""
-    step = {"hour": 3600, "day": 86400}[unit]
-    rows = await session.execute(_BUCKETS, {"unit": unit, "step": step, "count": count})
-    return [Bucket(r.start, r.sends, r.hard_bounces, r.complaints) for r in rows]
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
+    current = func.date_trunc(unit, func.now())
+    bucket = select(
+        func.generate_series(current - step * (count - 1), current, step).label("start")
+    ).subquery("bucket")
+    sent = (
+        select(Message.id, func.date_trunc(unit, Message.sent_at).label("start"))
+        .where(Message.sent_at >= current - step * (count - 1), Message.test.is_(False))
+        .subquery("sent")
+    )
+
+    def had(feedback: Feedback) -> Any:
+        return exists().where(
+            MessageEvent.message_id == sent.c.id, MessageEvent.feedback == feedback
+        )
+
+    rows = await session.execute(
+        select(
+            bucket.c.start,
+            func.count(sent.c.id),
+            func.count(sent.c.id).filter(had(Feedback.HARD_BOUNCE)),
+            func.count(sent.c.id).filter(had(Feedback.COMPLAINT)),
+        )
+        .select_from(bucket.outerjoin(sent, sent.c.start == bucket.c.start))
+        .group_by(bucket.c.start)
+        .order_by(bucket.c.start)
+    )
+    return [Bucket(start, sends, bounces, complaints) for start, sends, bounces, complaints in rows]

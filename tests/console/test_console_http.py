@@ -16,6 +16,7 @@ from app.db import create_sessionmaker
 from app.models import ApiKeyScope
 from tests.conftest import AppFactory
 from tests.fake_aws import FakeAws
+from tests.support.conftest import Desk
 
 
 @pytest.fixture(autouse=True)
@@ -146,3 +147,16 @@ async def test_console_off_is_404(start_app: AppFactory) -> None:
     client = await start_app(console=False)
     assert (await client.get("/console")).status_code == 404
     assert (await client.post("/console/sign-in")).status_code == 404
+
+
+async def test_home_charts_the_bounce_rate_of_the_day_and_week(desk: Desk) -> None:
+    _, ses_id = await desk.sent("gone@example.com")
+    await desk.ses("eventpub-bounce-permanent-general.json", "gone@example.com", ses_id)
+    await desk.sent("fine@example.com")
+    await sign_in(desk.client, desk.auth["Authorization"].removeprefix("Bearer "))
+
+    home = (await desk.client.get("/console")).text
+
+    assert "直近24時間: 送信 2通、バウンス率 50.00%、苦情率 0.000%" in home
+    assert "直近7日間: 送信 2通、バウンス率 50.00%" in home
+    assert home.count("<svg") == 2 and "<script" not in home
