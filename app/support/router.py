@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AfterValidator
+from pydantic import AfterValidator, AwareDatetime
 
 from app.api_keys import ApiKeyDep, Caller
 from app.config import Settings
-from app.db import SessionDep
+from app.db import NO_NUL, SessionDep
 from app.errors import error_responses
 from app.models import ApiKeyScope, MailType, MessageStatus
 from app.recipients.addresses import address_hash, check_address
 from app.recipients.router import EmailPath
 from app.support import search, service
 from app.support.schemas import EmailFoundRead, EmailSearchRead, LastEventRead, VerdictRead
+from app.support.search import CURSOR_PATTERN, TAG_FILTER_PATTERN
 
 router = APIRouter(tags=["support"])
 
@@ -57,7 +57,7 @@ async def find_emails(
         Query(max_length=254, description="The recipient, in any case or spelling."),
         AfterValidator(_address_or_none),
     ] = None,
-    user_id: Annotated[str | None, Query(max_length=200)] = None,
+    user_id: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     type: MailType | None = None,
     status: MessageStatus | None = None,
     tag: Annotated[
@@ -65,12 +65,17 @@ async def find_emails(
         Query(
             max_length=10,
             description="`key:value` (e.g. `job_id:J-1`); repeat for mail carrying them all.",
+            json_schema_extra={"items": {"type": "string", "pattern": TAG_FILTER_PATTERN}},
         ),
     ] = None,
-    since: Annotated[datetime | None, Query(description="Accepted at or after.")] = None,
-    until: Annotated[datetime | None, Query(description="Accepted before.")] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Accepted at or after (ISO 8601, with offset).")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="Accepted before (ISO 8601, with offset).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
 ) -> EmailSearchRead:
     page = await search.find_emails(
         session,

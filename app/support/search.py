@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,9 @@ from app.errors import Unprocessable
 from app.models import Message, MessageEvent, Recipient
 
 MAX_LIMIT = 100
+# What a tag filter and a cursor look like (a tag's names and values: app/emails/schemas.py).
+TAG_FILTER_PATTERN = "^[A-Za-z0-9_-]{1,256}:[A-Za-z0-9_-]{1,256}$"
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, message_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(message_id)
+        after = datetime.fromisoformat(created_at)
+        if after.tzinfo is None:
+            raise ValueError("naive")
+        return after, uuid.UUID(message_id)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise Unprocessable(
             "the cursor is not one this API gave",
@@ -82,8 +89,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 def parse_tag(value: str) -> tuple[str, str]:
     """`job_id:J-1` -> ("job_id", "J-1")."""
-    key, colon, tag_value = value.partition(":")
-    if not colon or not key or not tag_value:
+    key, _, tag_value = value.partition(":")
+    if re.fullmatch(TAG_FILTER_PATTERN, value, re.ASCII) is None:
         raise Unprocessable(
             "a tag filter is key:value",
             detail=[{"loc": ["query", "tag"], "msg": f"{value!r} is not key:value"}],

@@ -3099,9 +3099,9 @@ export interface operations {
                 status?: components["schemas"]["MessageStatus"] | null;
                 /** @description `key:value` (e.g. `job_id:J-1`); repeat for mail carrying them all. */
                 tag?: string[] | null;
-                /** @description Accepted at or after. */
+                /** @description Accepted at or after (ISO 8601, with offset). */
                 since?: string | null;
-                /** @description Accepted before. */
+                /** @description Accepted before (ISO 8601, with offset). */
                 until?: string | null;
                 limit?: number;
                 cursor?: string | null;
