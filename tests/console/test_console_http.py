@@ -160,3 +160,51 @@ async def test_home_charts_the_bounce_rate_of_the_day_and_week(desk: Desk) -> No
     assert "直近24時間: 送信 2通、バウンス率 50.00%、苦情率 0.000%" in home
     assert "直近7日間: 送信 2通、バウンス率 50.00%" in home
     assert home.count("<svg") == 2 and "<script" not in home
+
+
+async def test_a_persons_page_shows_the_bounce_diagnostic_and_admin_erases(desk: Desk) -> None:
+    email_id, ses_id = await desk.sent("gone@example.com")
+    await desk.ses("notif-bounce-permanent-general-with-dsn.json", "gone@example.com", ses_id)
+    await sign_in(desk.client, desk.auth["Authorization"].removeprefix("Bearer "))
+    page = await desk.client.get("/console/search", params={"q": "GONE@example.com"})
+    assert page.status_code == 200
+    assert "バウンス" in page.text and "宛先不明（ハードバウンス）" in page.text
+    assert "550" in page.text and email_id in page.text
+
+    unconfirmed = await desk.client.post(
+        "/console/person/erase", data={"address": "gone@example.com", "csrf": csrf_of(page.text)}
+    )
+    assert "確認のチェック" in unconfirmed.text
+    erased = await desk.client.post(
+        "/console/person/erase",
+        data={"address": "gone@example.com", "csrf": csrf_of(page.text), "confirm": "yes"},
+    )
+
+    assert "個人データを消去しました" in erased.text and "データ消去済み" in erased.text
+    shown = (await desk.client.get(f"/emails/{email_id}", headers=desk.auth)).json()
+    assert shown["to"] is None
+
+
+async def test_admin_releases_and_discards_held_mail(desk: Desk) -> None:
+    first = await desk.send("a@example.com", "matching-notification")
+    second = await desk.send("b@example.com", "matching-notification")
+    await desk.hold_optional()
+    await sign_in(desk.client, desk.auth["Authorization"].removeprefix("Bearer "))
+    page = await desk.client.get("/console/held")
+    assert first in page.text and second in page.text
+    csrf = csrf_of(page.text)
+
+    released = await desk.client.post(
+        "/console/held/release", data={"csrf": csrf, "ids": [first], "confirm": "yes"}
+    )
+    discarded = await desk.client.post(
+        "/console/held/discard", data={"csrf": csrf, "ids": [second], "confirm": "yes"}
+    )
+
+    assert "1通を送信待ちに戻しました" in released.text
+    assert "1通を破棄しました" in discarded.text
+    statuses = [
+        (await desk.client.get(f"/emails/{i}", headers=desk.auth)).json()["status"]
+        for i in (first, second)
+    ]
+    assert statuses == ["queued", "failed"]
