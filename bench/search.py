@@ -150,9 +150,7 @@ async def timed(
 
 
 async def measure(rows: int, people: list[tuple[int, str]]) -> None:
-    engine = create_engine(
-        "postgresql+asyncpg://" + url_of(NAME).split("://", 1)[1], pool_size=1
-    )
+    engine = create_engine("postgresql+asyncpg://" + url_of(NAME).split("://", 1)[1], pool_size=1)
     maker = create_sessionmaker(engine)
     results: dict[str, list[float]] = {}
 
@@ -184,8 +182,7 @@ async def measure(rows: int, people: list[tuple[int, str]]) -> None:
         )
         await timed(
             "tag job_id",
-            [by(search.Filters(tags={"job_id": f"J-{n % 100000}"})) for n, _ in people]
-            * REPEAT,
+            [by(search.Filters(tags={"job_id": f"J-{n % 100000}"})) for n, _ in people] * REPEAT,
             results,
         )
         await timed(

@@ -28,7 +28,7 @@ def add_support_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     why = commands.add_parser(
         "why", help="why a person did or did not get a mail, in Japanese (as GET .../why)"
     )
-    why.add_argument("address", metavar="ADDRESS")
+    why.add_argument("address", metavar="ADDRESS", help="the recipient, in any case or spelling")
     why.add_argument("--type", choices=[t.value for t in MailType], help="default: any type")
 
 
