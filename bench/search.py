@@ -32,7 +32,7 @@ from app.support import search
 
 ADMIN = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NAME = "tegami_bench_search"
-SECRET = "bench-address-hash-secret-0123456789"
+SECRET = "bench-address-hash-secret-0123456789"  # noqa: S105 (a throwaway database's)
 PEOPLE = 200
 REPEAT = 5
 
@@ -113,7 +113,7 @@ async def load(rows: int) -> float:
 async def sample(rows: int) -> list[tuple[int, str]]:
     """PEOPLE recipients, given addresses whose keyed hash the search can find."""
     people = max(rows // 10, 1)
-    chosen = random.Random(7).sample(range(1, people + 1), min(PEOPLE, people))
+    chosen = random.Random(7).sample(range(1, people + 1), min(PEOPLE, people))  # noqa: S311
     conn = await asyncpg.connect(url_of(NAME))
     try:
         out = []
