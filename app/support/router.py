@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from app.api_keys import ApiKeyDep, Caller
 from app.config import Settings
 from app.db import NO_NUL, SessionDep
 from app.errors import error_responses
 from app.models import ApiKeyScope, MailType, MessageStatus
-from app.recipients.addresses import address_hash, check_address
+from app.recipients.addresses import ADDRESS_JSON_SCHEMA, address_hash, check_address
 from app.recipients.router import EmailPath
 from app.support import search, service
 from app.support.schemas import EmailFoundRead, EmailSearchRead, LastEventRead, VerdictRead
@@ -27,7 +28,14 @@ def _hash(request: Request, email: str) -> bytes:
 
 
 def _address_or_none(value: str | None) -> str | None:
-    return check_address(value.strip()) if value is not None else None
+    return check_address(value) if value is not None else None
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read a number as a Unix time: ISO 8601 text only.
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[\d.]+(e[+-]?\d+)?\s*", value, re.I):
+        raise ValueError("must be an ISO 8601 date-time with a UTC offset")
+    return value
 
 
 def own_mail_only(caller: Caller) -> int | None:
@@ -54,7 +62,11 @@ async def find_emails(
     caller: ApiKeyDep,
     to: Annotated[
         str | None,
-        Query(max_length=254, description="The recipient, in any case or spelling."),
+        Query(
+            max_length=254,
+            description="The recipient, in any case or spelling.",
+            json_schema_extra=dict(ADDRESS_JSON_SCHEMA),
+        ),
         AfterValidator(_address_or_none),
     ] = None,
     user_id: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
@@ -69,10 +81,14 @@ async def find_emails(
         ),
     ] = None,
     since: Annotated[
-        AwareDatetime | None, Query(description="Accepted at or after (ISO 8601, with offset).")
+        AwareDatetime | None,
+        Query(description="Accepted at or after (ISO 8601, with offset)."),
+        BeforeValidator(_iso_only),
     ] = None,
     until: Annotated[
-        AwareDatetime | None, Query(description="Accepted before (ISO 8601, with offset).")
+        AwareDatetime | None,
+        Query(description="Accepted before (ISO 8601, with offset)."),
+        BeforeValidator(_iso_only),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,

@@ -120,6 +120,8 @@ async def test_bad_filters_are_422(desk: Desk) -> None:
         {"cursor": "!!!"},
         {"limit": 101},
         {"status": "lost"},
+        {"until": "0.5"},
+        {"since": "2026-12-05T09:00:00"},
     ):
         answer = await find(desk, **query)
         assert answer.status_code == 422, (query, answer.text)

@@ -304,3 +304,9 @@ async def test_why_needs_a_key_and_an_address(desk: Desk) -> None:
     assert unauthenticated.status_code == 401
     not_an_address = await desk.client.get("/recipients/nobody/why", headers=desk.auth)
     assert not_an_address.status_code == 422
+
+
+async def test_why_answers_get_alone(desk: Desk) -> None:
+    # Not taken for an erasure of the address "a@example.com/why".
+    answer = await desk.client.delete("/recipients/a@example.com/why", headers=desk.auth)
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET"
