@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from app.config import DatabaseSettings, Settings, SettingsError, load_settings
 from app.emails.held import add_held_commands
 from app.ops.domain import add_domain_commands, run_domain_command
+from app.support.commands import add_support_commands, run_support_command
 from app.webhooks.commands import add_webhook_commands, run_webhook_command
 
 if TYPE_CHECKING:
@@ -543,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_domain_commands(commands)
     add_held_commands(commands)
     add_webhook_commands(commands)
+    add_support_commands(commands)
 
     suppressions = commands.add_parser("suppressions", help="tegami's and SES's suppressions")
     suppressions_commands = suppressions.add_subparsers(dest="suppressions_command", required=True)
@@ -600,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from app.ops.reputation import guard_outlook
 
         raise SystemExit(run_held_command(args, outlook=guard_outlook))
+    elif args.command in ("emails", "why"):
+        raise SystemExit(run_support_command(args))
     elif args.command == "suppressions":
         raise SystemExit(run_import_from_ses(_settings_or_exit()))
     elif args.command == "doctor":

@@ -92,6 +92,10 @@ class Settings(GuardSettings):
     # /docs, /redoc and /openapi.json; false serves none of them (the document stays in
     # openapi/openapi.json and `tegami openapi`).
     docs: bool = True
+    # The support console (/console); false: every /console path is 404.
+    console: bool = True
+    # How long a console sign-in lasts.
+    console_session_minutes: int = Field(default=480, ge=5, le=7 * 24 * 60)
     # Optional mail due inside this window (`22:00-08:00`, in `timezone`) waits to its end;
     # unset: no quiet hours. Account mail never waits.
     quiet_hours: Annotated[tuple[time, time] | None, NoDecode] = None

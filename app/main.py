@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.config import MailBackend, Settings, load_settings
+from app.console.router import router as console_router
 from app.db import create_engine, create_sessionmaker
 from app.dev.router import router as dev_router
 from app.emails.router import router as emails_router
@@ -32,6 +33,7 @@ from app.recipients.router import router as recipients_router
 from app.recipients.ses_list import SesSuppressionList, retry_removals_forever
 from app.sns.router import router as sns_router
 from app.sns.signature import CertificateStore
+from app.support.router import router as support_router
 from app.unsubscribe.router import router as unsubscribe_router
 from app.webhooks import deliveries as webhook_deliveries
 from app.webhooks.dispatcher import WebhookDispatcher
@@ -135,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(emails_router)
+    # Before the recipients' routes: `/recipients/{email:anytext}` would take `.../why` too.
+    app.include_router(support_router)
     app.include_router(recipients_router)
     app.include_router(erasure_router)
     app.include_router(sns_router)
@@ -143,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(status_router)
     app.include_router(webhooks_router)
+    if settings is None or settings.console:
+        app.include_router(console_router)
     register_webhooks(app.webhooks)
     if settings is not None and settings.mail_backend == MailBackend.MAILBOX:
         app.include_router(dev_router)

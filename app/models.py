@@ -204,6 +204,23 @@ class Message(Base):
         Index("ix_message_held", "id", postgresql_where=text("status = 'held'")),
         # Retention: the oldest mail first.
         Index("ix_message_created_at", "created_at"),
+        # Support's search (app/support/search.py), newest first: one person's mail by the
+        # keyed hash of the address (every spelling and case of it), or by the app's user id,
+        # and mail carrying a tag (`tags @> {"job_id": "J-1"}`).
+        Index("ix_message_recipient_created", "recipient_id", "created_at", "id"),
+        Index(
+            "ix_message_user_created",
+            "user_id",
+            "created_at",
+            "id",
+            postgresql_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_message_tags",
+            "tags",
+            postgresql_using="gin",
+            postgresql_ops={"tags": "jsonb_path_ops"},
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
@@ -213,6 +230,9 @@ class Message(Base):
     # The address exactly as the app gave it; null once erased.
     to_address: Mapped[str | None] = mapped_column(Text)
     user_id: Mapped[str | None] = mapped_column(Text)
+    # The app's own labels (`{"job_id": "J-1"}`): searchable, sent to SES as message tags and
+    # carried by every email.* event.
+    tags: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     # Holds link tokens: purged once the mail is sent or expired.
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(Text)

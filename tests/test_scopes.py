@@ -64,6 +64,10 @@ def keyed(permission: Permission, *scopes: ApiKeyScope) -> Keyed:
 KINDS = ("verify-email", "password-reset", "email-change", "matching-notification")
 SEND = keyed(Permission.SEND, ADMIN, APP, TEST)
 
+# The console signs in with a support or admin key and then carries a signed session cookie;
+# app.console.session says who may read and who may change (tests/console walk both).
+CONSOLE = "session cookie: support/admin key"
+
 MATRIX: dict[tuple[str, str], Keyed | Open] = {
     **{("POST", f"/emails/{kind}"): SEND for kind in KINDS},
     **{("POST", f"/emails/{kind}/batch"): SEND for kind in KINDS},
@@ -71,6 +75,8 @@ MATRIX: dict[tuple[str, str], Keyed | Open] = {
     ("DELETE", "/emails/{id}"): SEND,
     ("GET", "/emails/{id}"): keyed(Permission.READ_MAIL, ADMIN, APP, SUPPORT, TEST),
     ("GET", "/recipients/{email}"): keyed(Permission.READ_RECIPIENTS, ADMIN, APP, SUPPORT),
+    ("GET", "/emails"): keyed(Permission.READ_MAIL, ADMIN, APP, SUPPORT, TEST),
+    ("GET", "/recipients/{email}/why"): keyed(Permission.READ_RECIPIENTS, ADMIN, APP, SUPPORT),
     ("PUT", "/recipients/{email}/opt-outs/{category}"): keyed(Permission.OPT_OUT, ADMIN, APP),
     ("DELETE", "/recipients/{email}/opt-outs/{category}"): keyed(Permission.OPT_OUT, ADMIN, APP),
     ("DELETE", "/recipients/{email}"): keyed(Permission.ERASE, ADMIN, APP),
@@ -89,6 +95,16 @@ MATRIX: dict[tuple[str, str], Keyed | Open] = {
     ("GET", "/docs"): Open("the API's documentation (TEGAMI_DOCS)"),
     ("GET", "/docs/oauth2-redirect"): Open("the API's documentation (TEGAMI_DOCS)"),
     ("GET", "/redoc"): Open("the API's documentation (TEGAMI_DOCS)"),
+    ("GET", "/console"): Open(CONSOLE),
+    ("POST", "/console/sign-in"): Open(CONSOLE),
+    ("POST", "/console/sign-out"): Open(CONSOLE),
+    ("GET", "/console/search"): Open(CONSOLE),
+    ("GET", "/console/person"): Open(CONSOLE),
+    ("POST", "/console/person/lift"): Open(CONSOLE),
+    ("POST", "/console/person/erase"): Open(CONSOLE),
+    ("GET", "/console/mail/{mail_id}"): Open(CONSOLE),
+    ("GET", "/console/held"): Open(CONSOLE),
+    ("POST", "/console/held/{action}"): Open(CONSOLE),
     ("GET", "/dev/mailbox"): Open("tegami dev only (TEGAMI_MAIL_BACKEND=mailbox)"),
     ("GET", "/dev/preview"): Open("tegami dev only (TEGAMI_MAIL_BACKEND=mailbox)"),
     ("GET", "/dev/mailbox/{name}"): Open("tegami dev only (TEGAMI_MAIL_BACKEND=mailbox)"),

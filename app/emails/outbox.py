@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -119,10 +119,11 @@ _ACCEPT = NamedStatement.of(
     ),
     inserted AS (
         INSERT INTO message (id, kind, category, recipient_id, to_address, user_id, params,
-            status, next_attempt_at, send_at, expires_at, api_key_id, idempotency_key,
+            tags, status, next_attempt_at, send_at, expires_at, api_key_id, idempotency_key,
             request_hash, test, created_at, updated_at)
         SELECT CAST(:id AS uuid), CAST(:kind AS text), CAST(:category AS text), recipient_row.id,
             CAST(:to_address AS text), CAST(:user_id AS text), CAST(:params AS jsonb),
+            CAST(:tags AS jsonb),
             CAST(:status AS text), COALESCE(CAST(:due_at AS timestamptz), now()),
             CAST(:due_at AS timestamptz),
             now() + make_interval(secs => CAST(:lifetime AS float8)),
@@ -163,6 +164,7 @@ class NewMail:
     lifetime: timedelta | None
     api_key_id: int | None
     idempotency_key: str | None
+    tags: dict[str, str]
     request_hash: bytes
     cause: str
     test: bool = False
@@ -196,6 +198,7 @@ async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
         "to_address": mail.to_address,
         "user_id": mail.user_id,
         "params": json.dumps(mail.params, ensure_ascii=False),
+        "tags": json.dumps(mail.tags),
         "status": mail.status.value,
         "due_at": mail.due_at,
         "lifetime": mail.lifetime.total_seconds() if mail.lifetime is not None else None,
@@ -247,9 +250,9 @@ _ACCEPT_BATCH = NamedStatement.of(
     item AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:address_hashes AS bytea[]),
             CAST(:to_addresses AS text[]), CAST(:user_ids AS text[]), CAST(:params AS text[]),
-            CAST(:due_ats AS timestamptz[]), CAST(:refusals AS text[]))
+            CAST(:due_ats AS timestamptz[]), CAST(:refusals AS text[]), CAST(:tags AS text[]))
             WITH ORDINALITY AS i(id, address_hash, to_address, user_id, params, due_at,
-                refusal, n)
+                refusal, tags, n)
     ),
     verdict AS (
         SELECT i.n,
@@ -278,10 +281,10 @@ _ACCEPT_BATCH = NamedStatement.of(
     ),
     inserted AS (
         INSERT INTO message (id, kind, category, recipient_id, to_address, user_id, params,
-            status, next_attempt_at, send_at, expires_at, api_key_id, test, created_at,
+            tags, status, next_attempt_at, send_at, expires_at, api_key_id, test, created_at,
             updated_at)
         SELECT go.id, CAST(:kind AS text), CAST(:category AS text), r.id, go.to_address,
-            go.user_id, CAST(go.params AS jsonb),
+            go.user_id, CAST(go.params AS jsonb), COALESCE(CAST(go.tags AS jsonb), '{}'),
             CASE WHEN go.due_at IS NULL THEN 'queued' ELSE 'scheduled' END,
             COALESCE(go.due_at, now()), go.due_at,
             now() + make_interval(secs => CAST(:lifetime AS float8)),
@@ -334,6 +337,7 @@ class BatchItem:
     params: dict[str, str] | None = None
     due_at: datetime | None = None
     refusal: dict[str, Any] | None = None
+    tags: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,7 @@ async def accept_batch(
             for i in items
         ],
         "due_ats": [i.due_at for i in items],
+        "tags": [json.dumps(i.tags) if i.tags is not None else None for i in items],
         "refusals": [
             json.dumps(_storable(i.refusal), ensure_ascii=False) if i.refusal is not None else None
             for i in items
@@ -523,7 +528,7 @@ _CLAIM = NamedStatement.of(
         -- A scheduled mail's day of retries counts from when it was due, not accepted.
         RETURNING m.id, m.kind, m.category, m.recipient_id, m.to_address, m.params,
             m.expires_at, m.attempts, COALESCE(m.send_at, m.created_at) AS created_at, m.test,
-            due.key
+            m.tags, due.key
     ),
     booked AS (
         UPDATE send_pacer SET
@@ -561,6 +566,8 @@ class Claimed:
     attempt: int
     created_at: datetime
     test: bool = False
+    # The app's tags, handed to SES as message tags beside tegami's own.
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -643,6 +650,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         attempt=row["attempts"],
         created_at=row["created_at"],
         test=row["test"],
+        tags=_json(row["tags"]) or {},
     )
 
 
@@ -749,7 +757,7 @@ _FINISH = NamedStatement.of(_FINISH_SQL.format(returning="", events=""))
 # With TEGAMI_WEBHOOK_URL set: the app's events (email.sent, ...) in the same statement.
 _FINISH_WITH_EVENTS = NamedStatement.of(
     _FINISH_SQL.format(
-        returning=", m.kind, m.user_id, m.to_address, m.status, m.test",
+        returning=", m.kind, m.user_id, m.to_address, m.status, m.test, m.tags",
         # A constant of the webhooks module: no value is formatted in.
         events=", emails_changed AS (SELECT * FROM finished)," + webhooks.EMAIL_EVENTS_CTE,  # noqa: S608
     )

@@ -136,6 +136,7 @@ async def _send(
                 idempotency_key=idempotency_key,
                 settings=settings,
                 send_at=body.send_at,
+                tags=body.tags,
             )
         except Conflict as refused:
             EMAILS_REFUSED.labels(type=kind, reason=refused.code).inc()
@@ -395,6 +396,7 @@ async def get_email(id: uuid.UUID, session: SessionDep, caller: ReadMailKeyDep) 
         ses_message_id=message.ses_message_id,
         last_error=message.last_error,
         test=message.test,
+        tags=message.tags or {},
         events=[
             EmailEventRead(kind=e.kind, detail=e.detail, cause=e.cause, created_at=e.created_at)
             for e in events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,41 @@ from app.emails.links import MAX_LINK_LENGTH
 from app.errors import ErrorBody
 from app.models import MessageStatus
 from app.recipients.addresses import ADDRESS_JSON_SCHEMA, check_address
+
+# SES's message tags allow these characters in names and values; what SES sets itself
+# (`ses:`) and what tegami sets (`tegami_id`, `tegami_type`) cannot collide with them.
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 256
+TAG_PATTERN = "^[A-Za-z0-9_-]+$"
+_TAG = re.compile(f"[A-Za-z0-9_-]{{1,{MAX_TAG_LENGTH}}}", re.ASCII)
+RESERVED_TAG_PREFIX = "tegami_"
+
+
+def check_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
+    """At most ten tags of ASCII letters, digits, `_` and `-`; a ValueError names the tag."""
+    if tags is None:
+        return None
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+    for key, value in tags.items():
+        if not _TAG.fullmatch(key):
+            raise ValueError(
+                f"tag {key!r}: a name is 1 to {MAX_TAG_LENGTH} ASCII letters, digits, _ or -"
+            )
+        if key.startswith(RESERVED_TAG_PREFIX):
+            raise ValueError(f"tag {key!r}: names starting with tegami_ are tegami's own")
+        if not isinstance(value, str) or not _TAG.fullmatch(value):
+            raise ValueError(
+                f"tag {key!r}: its value is 1 to {MAX_TAG_LENGTH} ASCII letters, digits, _ or -"
+            )
+    return tags
+
+
+TAGS_JSON_SCHEMA: dict[str, Any] = {
+    "maxProperties": MAX_TAGS,
+    "propertyNames": {"pattern": TAG_PATTERN, "maxLength": MAX_TAG_LENGTH},
+    "additionalProperties": {"type": "string", "pattern": TAG_PATTERN, "maxLength": MAX_TAG_LENGTH},
+}
 
 
 def _link(description: str) -> Any:
@@ -67,6 +103,14 @@ class EmailCreate(BaseModel):
         description="The app's own id for the user.",
         json_schema_extra={"pattern": NO_NUL},
     )
+    tags: dict[str, str] | None = Field(
+        default=None,
+        description=f'The app\'s own labels, e.g. `{{"job_id": "J-1"}}`: at most {MAX_TAGS}, '
+        "names and values of ASCII letters, digits, `_` and `-` (names not starting with "
+        "`tegami_`). Stored, sent to SES as message tags, carried by every `email.*` event, "
+        "searchable (`GET /emails?tag=job_id:J-1`).",
+        json_schema_extra=TAGS_JSON_SCHEMA,
+    )
     send_at: AwareDatetime | None = Field(
         default=None,
         description="Not sent before this time (ISO 8601 with a UTC offset, at most 30 days "
@@ -86,6 +130,14 @@ class EmailCreate(BaseModel):
         # ISO 8601 text only: pydantic would read a number as a Unix time.
         if value is not None and not isinstance(value, str | datetime):
             raise ValueError("must be an ISO 8601 date-time with a UTC offset")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value: object) -> object:
+        # Checked before pydantic's own str check, so the error names the tag.
+        if isinstance(value, dict):
+            check_tags(value)
         return value
 
     @field_validator("user_id")
@@ -241,4 +293,5 @@ class EmailRead(BaseModel):
     ses_message_id: str | None
     last_error: str | None
     test: bool = Field(description="Accepted with a `test` key: rendered, never sent to SES.")
+    tags: dict[str, str] = Field(description="The tags the send gave (`{}` when none).")
     events: list[EmailEventRead]

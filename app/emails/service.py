@@ -45,11 +45,14 @@ def request_fingerprint(
     params: dict[str, str],
     user_id: str | None,
     send_at: datetime | None = None,
+    tags: dict[str, str] | None = None,
 ) -> bytes:
     """What makes two requests 'the same' for Idempotency-Key."""
     fields: list[Any] = [kind.name, to, params, user_id]
     if send_at is not None:  # (keys used before send_at existed keep their hash)
         fields.append(send_at.isoformat())
+    if tags:  # (likewise for tags)
+        fields.append({"tags": tags})
     body = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(body.encode()).digest()
 
@@ -128,13 +131,14 @@ async def accept(
     settings: Settings,
     now: datetime | None = None,
     send_at: datetime | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Accepted:
     """Check, then store the mail in one autocommitted statement on ``connection`` (asyncpg's,
     from ``app.db.driver_connection``): it is committed when this returns."""
     now = now or datetime.now(UTC)
     check(kind=kind, params=params, send_at=send_at, settings=settings, now=now)
     fingerprint = request_fingerprint(
-        kind=kind, to=to, params=params, user_id=user_id, send_at=send_at
+        kind=kind, to=to, params=params, user_id=user_id, send_at=send_at, tags=tags
     )
     message_id = uuid.uuid4()
     mail = outbox.NewMail(
@@ -145,6 +149,7 @@ async def accept(
         to_address=to,
         user_id=user_id,
         params=params,
+        tags=tags or {},
         lifetime=kind.lifetime or None,
         api_key_id=caller.key_id,
         idempotency_key=idempotency_key,
@@ -265,6 +270,7 @@ async def accept_batch(
                 to_address=item.to,
                 user_id=item.user_id,
                 params=params,
+                tags=item.tags or {},
                 due_at=scheduling.first_due(
                     kind=kind, send_at=item.send_at, now=now, message_id=message_id, quiet=quiet
                 ),

@@ -352,7 +352,7 @@ class Worker:
             raw=raw,
             to=mail.to_address,
             from_address=self.settings.from_address,
-            tags={"tegami_id": str(mail.id), "tegami_type": mail.kind},
+            tags={**mail.tags, "tegami_id": str(mail.id), "tegami_type": mail.kind},
         )
 
     async def _send_at(self, mail: Claimed, when: float) -> Result:

@@ -9,13 +9,10 @@ from fastapi import APIRouter, Request
 from app.api_keys import EraseKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.erasure import service
+from app.erasure.unlisting import erase_and_unlist
 from app.errors import error_responses
-from app.recipients import ses_list
-from app.recipients.addresses import mask_address
 from app.recipients.router import INVALID_ADDRESS, EmailPath, hash_of, ses_list_of
 from app.recipients.schemas import ErasureRead, SesSuppressionListRead
-from app.recipients.ses_list import SesListOutcome, SesUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +40,15 @@ async def erase_recipient(
     email: EmailPath, request: Request, session: SessionDep, caller: EraseKeyDep
 ) -> ErasureRead:
     settings: Settings = request.app.state.settings
-    ses = ses_list_of(request)
-    erased = await service.erase(
+    done = await erase_and_unlist(
         session,
+        ses=ses_list_of(request),
         address=email,
         address_hash=hash_of(request, email),
         cause=caller.cause,
-        ses_list_available=ses.available,
         retry_seconds=settings.ses_list_retry_seconds,
     )
-    await session.commit()
-    if erased.ses_removal_id is None:
-        return _answer(erased, SesSuppressionListRead(outcome=SesListOutcome.NO_SES))
-    try:
-        outcome = await ses.remove(email)
-    except SesUnavailable as exc:
-        # The removal stays queued: app.recipients.ses_list retries it with backoff.
-        log.warning(
-            "erased; SES's suppression list could not be updated yet, tried again later",
-            extra={
-                "event": "ses_suppression_list_not_updated",
-                "address": mask_address(email),
-                "error": exc.message,
-            },
-        )
-        return _answer(
-            erased, SesSuppressionListRead(outcome=SesListOutcome.PENDING, message=exc.message)
-        )
-    await ses_list.removed(session, removal_id=erased.ses_removal_id)
-    await session.commit()
-    return _answer(erased, SesSuppressionListRead(outcome=outcome))
-
-
-def _answer(erased: service.Erased, ses: SesSuppressionListRead) -> ErasureRead:
-    return ErasureRead(erased=erased.erased, ses_suppression_list=ses)
+    return ErasureRead(
+        erased=done.erased,
+        ses_suppression_list=SesSuppressionListRead(outcome=done.outcome, message=done.message),
+    )

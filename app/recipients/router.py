@@ -87,10 +87,12 @@ async def _state(session: SessionDep, hashed: bytes) -> RecipientRead:
 class _AnyText(Convertor[str]):
     """A path parameter of any text, "/" and line breaks included; validated as a parameter."""
 
-    # Not ending in "/suppression" or "/opt-outs/<category>" (no address does: its domain holds
-    # no "/"), so those paths belong to their own routes alone, for every method (405 with
-    # their Allow).
-    regex = r"[\s\S]+(?<!/suppression)" + "".join(f"(?<!/opt-outs/{c.value})" for c in Category)
+    # Not ending in "/suppression", "/why" or "/opt-outs/<category>" (no address does: its
+    # domain holds no "/"), so those paths belong to their own routes alone, for every method
+    # (405 with their Allow).
+    regex = r"[\s\S]+(?<!/suppression)(?<!/why)" + "".join(
+        f"(?<!/opt-outs/{c.value})" for c in Category
+    )
 
     def convert(self, value: str) -> str:
         return value

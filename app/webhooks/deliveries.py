@@ -56,14 +56,15 @@ class DeliveryStatus(StrEnum):
 # -- recording events --------------------------------------------------------------------
 
 # For ``outbox.finish``: composed after a CTE ``emails_changed`` that returns the changed
-# messages' own columns ``id, kind, user_id, to_address, status, test``. A retry (back to queued)
-# is not news to the app; the statuses below are.
+# messages' own columns ``id, kind, user_id, to_address, status, test, tags``. A retry
+# (back to queued) is not news to the app; the statuses below are.
 EMAIL_EVENTS_CTE = """
     webhook_email_events AS (
         INSERT INTO webhook_delivery (type, data)
         SELECT 'email.' || c.status, jsonb_build_object('email_id', c.id, 'type', c.kind,
             'user_id', c.user_id, 'address', c.to_address, 'status', c.status,
-            'test', c.test, 'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
+            'test', c.test, 'tags', c.tags,
+            'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
         FROM emails_changed AS c
         WHERE c.status IN ('sent', 'failed', 'expired', 'held')
     )"""
@@ -82,7 +83,7 @@ FEEDBACK_EVENTS_CTE = """
         INSERT INTO webhook_delivery (type, data)
         SELECT CAST(:webhook_type AS text), jsonb_build_object('email_id', m.id,
             'type', m.kind, 'user_id', m.user_id, 'address', m.to_address,
-            'status', COALESCE(CAST(:status AS text), m.status), 'test', m.test,
+            'status', COALESCE(CAST(:status AS text), m.status), 'test', m.test, 'tags', m.tags,
             'ses_type', NULL, 'ses_subtype', NULL)
             || COALESCE(CAST(:webhook_extra AS jsonb), '{}'::jsonb)
             || jsonb_build_object('diagnostic', COALESCE(
@@ -132,6 +133,7 @@ async def enqueue_email_events(
     data = func.jsonb_build_object(
         "email_id", Message.id, "type", Message.kind, "user_id", Message.user_id,
         "address", Message.to_address, "status", Message.status, "test", Message.test,
+        "tags", Message.tags,
         "ses_type", null(), "ses_subtype", null(), "diagnostic", null(),
     )  # fmt: skip
     events = select(literal("email.") + Message.status, data).where(Message.id.in_(message_ids))

@@ -60,6 +60,9 @@ class EmailEventData(BaseModel):
         description="Sent with a `test` key: rendered and recorded, never handed to SES "
         "(`email.sent` then means rendered). Always false for real mail."
     )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="The tags the send gave (`{}` when none)."
+    )
     ses_type: None = Field(default=None, description="Only bounces and complaints carry one.")
     ses_subtype: None = Field(default=None, description="Only bounces carry one.")
     diagnostic: None = Field(default=None, description="Only bounces carry one.")

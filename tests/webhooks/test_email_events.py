@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,38 @@ async def test_a_test_keys_mail_tells_the_app_it_is_a_test(
     assert cancelled_event["data"]["test"] is True
     real_event = await received(app_endpoint, "email.sent", real)
     assert real_event["data"]["test"] is False
+
+
+async def test_every_email_event_carries_the_sends_tags(
+    app: tuple[httpx.AsyncClient, Sns], auth: dict[str, str], app_endpoint: Receiver
+) -> None:
+    client, sns = app
+    to = "tagged@example.com"
+    answer = await client.post(
+        "/emails/verify-email",
+        json={"to": to, "params": PARAMS["verify-email"], "tags": {"job_id": "J-1"}},
+        headers=auth,
+    )
+    email_id = answer.json()["id"]
+    await drain(client)  # email.sent: the worker's statement
+    ses_id = (await client.get(f"/emails/{email_id}", headers=auth)).json()["ses_message_id"]
+    await sns.deliver(
+        ses_event("eventpub-bounce-permanent-general.json", to=to, ses_message_id=ses_id)
+    )
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    scheduled = await client.post(
+        "/emails/matching-notification",
+        json={"to": "other@example.com", "params": PARAMS["matching-notification"],
+              "tags": {"job_id": "J-2"}, "send_at": later},
+        headers=auth,
+    )  # fmt: skip
+    other_id = scheduled.json()["id"]
+    assert (await client.delete(f"/emails/{other_id}", headers=auth)).status_code == 200
+
+    for event_type, mail, tags in (
+        ("email.sent", email_id, {"job_id": "J-1"}),
+        ("email.bounced", email_id, {"job_id": "J-1"}),
+        ("email.cancelled", other_id, {"job_id": "J-2"}),
+    ):
+        event = await received(app_endpoint, event_type, mail)
+        assert event["data"]["tags"] == tags

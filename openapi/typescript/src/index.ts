@@ -22,12 +22,31 @@ export type MailType =
 export type SendBody<T extends MailType> =
   paths[`/emails/${T}`]["post"]["requestBody"]["content"]["application/json"];
 
+/** One item of a batch of this type: exactly the body of the single send. */
+export type BatchItem<T extends MailType> =
+  paths[`/emails/${T}/batch`]["post"]["requestBody"]["content"]["application/json"]["emails"][number];
+
 export type ErrorCode = Schemas["ErrorCode"];
 export type ErrorBody = Schemas["ErrorBody"];
 export type SuppressionReason = Schemas["SuppressionReason"];
 export type OptedOutCategory = Schemas["OptedOutCategory"];
 export type Email = Schemas["EmailRead"];
 export type Recipient = Schemas["RecipientRead"];
+/** One item's answer in a batch: `{id, status}` when accepted, else `{error}`. */
+export type BatchResult = Schemas["EmailBatchResult"];
+export type Preview = Schemas["EmailPreview"];
+/** The filters of `findEmails` (`to`, `user_id`, `type`, `status`, `tag`, `since`, `until`,
+ * `limit`, `cursor`). */
+export type FindEmailsQuery = NonNullable<paths["/emails"]["get"]["parameters"]["query"]>;
+export type FoundEmails = Schemas["EmailSearchRead"];
+export type FoundEmail = Schemas["EmailFoundRead"];
+export type Verdict = Schemas["VerdictRead"];
+export type VerdictKind = Schemas["VerdictKind"];
+
+export type CancelResult =
+  | { kind: "cancelled" }
+  /** Already being handed to SES, or done: `status` says which. */
+  | { kind: "not_cancellable"; status: string };
 
 export type SendResult =
   /** Stored by tegami and sent as soon as SES allows. `replayed`: the first answer to an
@@ -138,6 +157,24 @@ export interface TegamiClient {
   send<T extends MailType>(type: T, body: SendBody<T>, options?: SendOptions): Promise<SendResult>;
   getEmail(id: string): Promise<Email>;
   getRecipient(email: string): Promise<Recipient | null>;
+  /** Up to 500 mails of one type in one request; one result per item, in order. The
+   * Idempotency-Key covers the whole batch. */
+  sendBatch<T extends MailType>(
+    type: T,
+    emails: BatchItem<T>[],
+    options?: SendOptions,
+  ): Promise<{ results: BatchResult[]; replayed: boolean }>;
+  /** Stop a mail not yet handed to SES. A mail of another key is a TegamiError 404. */
+  cancel(id: string): Promise<CancelResult>;
+  /** The mail as it would be sent (subject, text, html); nothing stored or sent. Invalid
+   * params are a TegamiError 422. */
+  preview<T extends MailType>(type: T, body: SendBody<T>): Promise<Preview>;
+  /** Mail by recipient, user, type, status, tag and time, newest first; pass `next_cursor`
+   * back as `cursor` for the next page. */
+  findEmails(query?: FindEmailsQuery): Promise<FoundEmails>;
+  /** Why the person did or did not get a mail (the newest of `type`, or of any type), in
+   * Japanese for support staff. */
+  why(email: string, type?: MailType): Promise<Verdict>;
 }
 
 export function createTegamiClient(options: TegamiOptions): TegamiClient {
@@ -195,5 +232,59 @@ export function createTegamiClient(options: TegamiOptions): TegamiClient {
     return data;
   }
 
-  return { api, send, getEmail, getRecipient };
+  async function sendBatch<T extends MailType>(
+    type: T,
+    emails: BatchItem<T>[],
+    { idempotencyKey = crypto.randomUUID() }: SendOptions = {},
+  ): Promise<{ results: BatchResult[]; replayed: boolean }> {
+    const { data, error, response } = await api.POST(
+      `/emails/${type}/batch` as "/emails/verify-email/batch",
+      {
+        body: { emails: emails as BatchItem<"verify-email">[] },
+        params: { header: { "idempotency-key": idempotencyKey } },
+      },
+    );
+    if (data === undefined) throw refusal(response.status, error);
+    return {
+      results: data.results,
+      replayed: response.headers.get("idempotent-replayed") === "true",
+    };
+  }
+
+  async function cancel(id: string): Promise<CancelResult> {
+    const { data, error, response } = await api.DELETE("/emails/{id}", {
+      params: { path: { id } },
+    });
+    if (data !== undefined) return { kind: "cancelled" };
+    const refused = error?.error;
+    if (response.status === 409 && refused?.code === "not_cancellable") {
+      return { kind: "not_cancellable", status: String(refused.status ?? "") };
+    }
+    throw refusal(response.status, error);
+  }
+
+  async function preview<T extends MailType>(type: T, body: SendBody<T>): Promise<Preview> {
+    const { data, error, response } = await api.POST(
+      `/emails/${type}/preview` as "/emails/verify-email/preview",
+      { body: body as SendBody<"verify-email"> },
+    );
+    if (data === undefined) throw refusal(response.status, error);
+    return data;
+  }
+
+  async function findEmails(query: FindEmailsQuery = {}): Promise<FoundEmails> {
+    const { data, error, response } = await api.GET("/emails", { params: { query } });
+    if (data === undefined) throw refusal(response.status, error);
+    return data;
+  }
+
+  async function why(email: string, type?: MailType): Promise<Verdict> {
+    const { data, error, response } = await api.GET("/recipients/{email}/why", {
+      params: { path: { email }, query: type === undefined ? {} : { type } },
+    });
+    if (data === undefined) throw refusal(response.status, error);
+    return data;
+  }
+
+  return { api, send, getEmail, getRecipient, sendBatch, cancel, preview, findEmails, why };
 }

@@ -265,6 +265,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/emails": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Find mail by recipient, user, type, status, tag and time
+         * @description Newest first, in pages of `limit` (at most 100): pass `next_cursor` back as `cursor` for the next. `to` matches the recipient case-insensitively, and either spelling of a legacy carrier address (`taro.@docomo.ne.jp`, `"taro."@docomo.ne.jp`). A `test` key finds only the mail it sent.
+         */
+        get: operations["findEmails"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/recipients/{email}/why": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Why a person did or did not get a mail, in Japanese
+         * @description The verdict on the newest mail of `type` (any type when omitted) to the address, or on what stops mail to it (erased, suppressed, opted out): `explanation` and `next_step` are Japanese, for support staff to read to the customer.
+         */
+        get: operations["why"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/recipients/{email}/suppression": {
         parameters: {
             query?: never;
@@ -979,6 +1019,13 @@ export interface components {
              */
             test: boolean;
             /**
+             * Tags
+             * @description The tags the send gave (`{}` when none).
+             */
+            tags?: {
+                [key: string]: string;
+            };
+            /**
              * Ses Type
              * @description SES's bounceType: Permanent (the address does not work) or Transient / Undetermined (tegami sends again later while the link is valid).
              * @enum {string}
@@ -1046,6 +1093,15 @@ export interface components {
              */
             user_id?: string | null;
             /**
+             * Tags
+             * @description The app's own labels, e.g. `{"job_id": "J-1"}`: at most 10, names and values of ASCII letters, digits, `_` and `-` (names not starting with `tegami_`). Stored, sent to SES as message tags, carried by every `email.*` event, searchable (`GET /emails?tag=job_id:J-1`).
+             */
+            tags?: {
+                [key: string]: string;
+            } | {
+                [key: string]: string;
+            } | null;
+            /**
              * Send At
              * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
              * @example 2026-12-06T08:00:00+09:00
@@ -1087,6 +1143,13 @@ export interface components {
              * @description Sent with a `test` key: rendered and recorded, never handed to SES (`email.sent` then means rendered). Always false for real mail.
              */
             test: boolean;
+            /**
+             * Tags
+             * @description The tags the send gave (`{}` when none).
+             */
+            tags?: {
+                [key: string]: string;
+            };
             /**
              * Ses Type
              * @description SES's complaintFeedbackType, when the mailbox provider sent one.
@@ -1164,6 +1227,13 @@ export interface components {
              */
             test: boolean;
             /**
+             * Tags
+             * @description The tags the send gave (`{}` when none).
+             */
+            tags?: {
+                [key: string]: string;
+            };
+            /**
              * Ses Type
              * @description Only bounces and complaints carry one.
              */
@@ -1192,6 +1262,33 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+        };
+        /** EmailFoundRead */
+        EmailFoundRead: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            type: components["schemas"]["MailType"];
+            status: components["schemas"]["MessageStatus"];
+            /**
+             * To
+             * @description As the app gave it; null once the recipient was erased.
+             */
+            to: string | null;
+            /** User Id */
+            user_id: string | null;
+            /** Tags */
+            tags: {
+                [key: string]: string;
+            };
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            last_event: components["schemas"]["LastEventRead"] | null;
         };
         /**
          * EmailPreview
@@ -1248,8 +1345,28 @@ export interface components {
              * @description Accepted with a `test` key: rendered, never sent to SES.
              */
             test: boolean;
+            /**
+             * Tags
+             * @description The tags the send gave (`{}` when none).
+             */
+            tags: {
+                [key: string]: string;
+            };
             /** Events */
             events: components["schemas"]["EmailEventRead"][];
+        };
+        /** EmailSearchRead */
+        EmailSearchRead: {
+            /**
+             * Emails
+             * @description Newest first.
+             */
+            emails: components["schemas"]["EmailFoundRead"][];
+            /**
+             * Next Cursor
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
+            next_cursor: string | null;
         };
         /** ErasureRead */
         ErasureRead: {
@@ -1320,6 +1437,24 @@ export interface components {
              */
             status: "ok";
         };
+        /** LastEventRead */
+        LastEventRead: {
+            /**
+             * Kind
+             * @description `accepted`, `sent`, `delivery`, `bounce`, ...
+             */
+            kind: string;
+            /**
+             * Detail
+             * @description What happened, with SES's diagnostic for a bounce.
+             */
+            detail: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
         /**
          * Level
          * @enum {string}
@@ -1362,6 +1497,15 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Tags
+             * @description The app's own labels, e.g. `{"job_id": "J-1"}`: at most 10, names and values of ASCII letters, digits, `_` and `-` (names not starting with `tegami_`). Stored, sent to SES as message tags, carried by every `email.*` event, searchable (`GET /emails?tag=job_id:J-1`).
+             */
+            tags?: {
+                [key: string]: string;
+            } | {
+                [key: string]: string;
+            } | null;
             /**
              * Send At
              * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
@@ -1433,6 +1577,15 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Tags
+             * @description The app's own labels, e.g. `{"job_id": "J-1"}`: at most 10, names and values of ASCII letters, digits, `_` and `-` (names not starting with `tegami_`). Stored, sent to SES as message tags, carried by every `email.*` event, searchable (`GET /emails?tag=job_id:J-1`).
+             */
+            tags?: {
+                [key: string]: string;
+            } | {
+                [key: string]: string;
+            } | null;
             /**
              * Send At
              * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
@@ -1732,6 +1885,30 @@ export interface components {
          * @enum {string}
          */
         SuppressionReason: "hard_bounce" | "soft_bounce_limit" | "complaint" | "manual" | "erased";
+        /**
+         * VerdictKind
+         * @enum {string}
+         */
+        VerdictKind: "never_sent" | "queued" | "scheduled" | "held" | "sent" | "delivered" | "bounced" | "complained" | "expired" | "failed" | "suppressed" | "opted_out" | "erased";
+        /** VerdictRead */
+        VerdictRead: {
+            verdict: components["schemas"]["VerdictKind"];
+            /**
+             * Email Id
+             * @description The mail the verdict is about (null for `never_sent`).
+             */
+            email_id: string | null;
+            /**
+             * Explanation
+             * @description What happened, in Japanese, to read to the customer.
+             */
+            explanation: string;
+            /**
+             * Next Step
+             * @description What the customer (or support) can do, in Japanese.
+             */
+            next_step: string;
+        };
         /** VerifyEmailBatch */
         VerifyEmailBatch: {
             /**
@@ -1762,6 +1939,15 @@ export interface components {
              * @description The app's own id for the user.
              */
             user_id?: string | null;
+            /**
+             * Tags
+             * @description The app's own labels, e.g. `{"job_id": "J-1"}`: at most 10, names and values of ASCII letters, digits, `_` and `-` (names not starting with `tegami_`). Stored, sent to SES as message tags, carried by every `email.*` event, searchable (`GET /emails?tag=job_id:J-1`).
+             */
+            tags?: {
+                [key: string]: string;
+            } | {
+                [key: string]: string;
+            } | null;
             /**
              * Send At
              * @description Not sent before this time (ISO 8601 with a UTC offset, at most 30 days ahead; the mail is `scheduled` until then). Account mail's link lasts one hour from the request, so its send_at must fall within that hour.
@@ -3040,6 +3226,145 @@ export interface operations {
                 };
             };
             /** @description `id` is not a UUID (`invalid_request`). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    findEmails: {
+        parameters: {
+            query?: {
+                /** @description The recipient, in any case or spelling. */
+                to?: string | null;
+                user_id?: string | null;
+                type?: components["schemas"]["MailType"] | null;
+                status?: components["schemas"]["MessageStatus"] | null;
+                /** @description `key:value` (e.g. `job_id:J-1`); repeat for mail carrying them all. */
+                tag?: string[] | null;
+                /** @description Accepted at or after (ISO 8601, with offset). */
+                since?: string | null;
+                /** @description Accepted before (ISO 8601, with offset). */
+                until?: string | null;
+                limit?: number;
+                cursor?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmailSearchRead"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description A bad filter or cursor (`invalid_request`). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The database is away (`unavailable`): retry after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    why: {
+        parameters: {
+            query?: {
+                type?: components["schemas"]["MailType"] | null;
+            };
+            header?: never;
+            path: {
+                /** @description The address, matched case-insensitively; percent-encoded in the path (`taro%40example.com`, a `/` as `%2F`). The same rule as a send's `to`. */
+                email: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VerdictRead"];
+                };
+            };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The API key's scope lacks the permission this needs (`forbidden`, with `scope` and `permission`). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not an email address (`invalid_request`). */
             422: {
                 headers: {
                     [name: string]: unknown;

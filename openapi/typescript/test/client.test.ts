@@ -90,6 +90,61 @@ describe("against tegami serve", { skip: live }, () => {
     assert.equal(again.replayed, true);
   });
 
+  test("a batch answers each item in order: a suppressed one is refused alone", async () => {
+    const [good, blocked] = [unique(), unique()];
+    await admin.api.PUT("/recipients/{email}/suppression", {
+      params: { path: { email: blocked } },
+      body: { reason: "manual" },
+    });
+    const { results, replayed } = await client.sendBatch("matching-notification", [
+      { to: good, params: { job_url: "https://proworks.jp/jobs/2" }, tags: { job_id: "J-2" } },
+      { to: blocked, params: { job_url: "https://proworks.jp/jobs/2" } },
+    ]);
+    assert.equal(replayed, false);
+    assert.equal(results.length, 2);
+    assert.ok(results[0]?.id, JSON.stringify(results));
+    assert.equal(results[1]?.error?.code, "suppressed");
+    const found = await client.findEmails({ to: good.toUpperCase(), tag: ["job_id:J-2"] });
+    assert.deepEqual(found.emails.map((e) => e.id), [results[0]?.id]);
+    assert.deepEqual(found.emails[0]?.tags, { job_id: "J-2" });
+    assert.equal(found.next_cursor, null);
+  });
+
+  test("a scheduled mail is cancelled once; then it is not cancellable", async () => {
+    const sendAt = new Date(Date.now() + 86_400_000).toISOString();
+    const sent = await client.send("matching-notification", {
+      to: unique(), params: { job_url: "https://proworks.jp/jobs/3" }, send_at: sendAt,
+    });
+    assert.ok(sent.kind === "accepted");
+    assert.deepEqual(await client.cancel(sent.id), { kind: "cancelled" });
+    assert.deepEqual(await client.cancel(sent.id), { kind: "not_cancellable", status: "cancelled" });
+  });
+
+  test("a preview renders the mail; bad params are an error", async () => {
+    const shown = await client.preview("password-reset", {
+      to: unique(), params: { reset_url: "https://proworks.jp/r?t=9" },
+    });
+    assert.equal(shown.subject, "【PRO WORKS】パスワードのリセット");
+    assert.ok(shown.text.includes("https://proworks.jp/r?t=9"));
+    await assert.rejects(
+      client.preview("password-reset", { to: unique(), params: { reset_url: "http://evil.example/r" } }),
+      (error: Error & { status?: number }) => error.status === 422,
+    );
+  });
+
+  test("why says, in Japanese, what became of a person's mail", async () => {
+    const to = unique();
+    const none = await client.why(to, "password-reset");
+    assert.equal(none.verdict, "never_sent");
+    assert.equal(none.email_id, null);
+    const sent = await client.send("password-reset", { to, params: { reset_url: "https://proworks.jp/r" } });
+    assert.ok(sent.kind === "accepted");
+    const verdict = await client.why(to);
+    assert.equal(verdict.email_id, sent.id);
+    assert.ok(["queued", "sent"].includes(verdict.verdict), verdict.verdict);
+    assert.match(verdict.explanation, /[ぁ-んァ-ン一-龥]/);
+  });
+
   test("an unknown key is an error, not a result", async () => {
     const stranger = createTegamiClient({ baseUrl: url ?? "", apiKey: "tgm_not-a-key" });
     await assert.rejects(
