@@ -176,9 +176,7 @@ class EmfEmitter:
             below = total
             key = bound if bound != float("inf") else finite[-1]
             counts[key] = counts.get(key, 0.0) + in_bucket
-        new = {
-            bound: count - self._latency_seen.get(bound, 0.0) for bound, count in counts.items()
-        }
+        new = {bound: count - self._latency_seen.get(bound, 0.0) for bound, count in counts.items()}
         self._latency_seen = counts
         return {bound: count for bound, count in new.items() if count > 0}
 

@@ -220,6 +220,7 @@ def test_service_role_may_only_send_as_the_domain_read_the_account_and_its_secre
         ("ses:DeleteSuppressedDestination",),
         ("ses:GetConfigurationSetEventDestinations", "ses:GetEmailIdentity"),
         ("sns:ListSubscriptionsByTopic",),
+        ("sns:GetSubscriptionAttributes",),
         ("secretsmanager:GetSecretValue",),
     }
     names = {
@@ -241,6 +242,7 @@ def test_service_role_may_only_send_as_the_domain_read_the_account_and_its_secre
         "arn:aws:ses:ap-northeast-1:123456789012:identity/proworks.jp",
     ]
     assert grants[("sns:ListSubscriptionsByTopic",)] == {"Ref": "SesEventsTopic"}
+    assert grants[("sns:GetSubscriptionAttributes",)] == "*"
     secrets = template["Resources"]["Service"]["Properties"]["SourceConfiguration"][
         "ImageRepository"
     ]["ImageConfiguration"]["RuntimeEnvironmentSecrets"]
