@@ -131,7 +131,7 @@ def test_ses_reputation_alarms_use_the_reputation_modules_levels(
 ) -> None:
     thresholds: dict[str, list[float]] = {}
     for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
-        if alarm["Namespace"] == "AWS/SES":
+        if alarm.get("Namespace") == "AWS/SES":
             assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
             thresholds.setdefault(alarm["MetricName"], []).append(float(alarm["Threshold"]))
     review = {
