@@ -257,6 +257,15 @@ def _webhook_arn(secret: dict[str, Any]) -> dict[str, Any]:
     return {"Fn::If": [condition, given["Value"], absent]}
 
 
+def _given(item: dict[str, Any]) -> dict[str, Any]:
+    """An entry, or the one a condition gives (``!If [Cond, entry, !Ref AWS::NoValue]``)."""
+    if "Fn::If" in item:
+        _condition, given, absent = item["Fn::If"]
+        assert absent == ref("AWS::NoValue")
+        return dict(given)
+    return item
+
+
 def test_service_is_checked_on_readyz_and_gets_every_required_setting(
     template: dict[str, Any],
 ) -> None:
@@ -272,10 +281,10 @@ def test_service_is_checked_on_readyz_and_gets_every_required_setting(
 
     image = props["SourceConfiguration"]["ImageRepository"]["ImageConfiguration"]
     assert image["Port"] == "8000"
-    env = {item["Name"]: item["Value"] for item in image["RuntimeEnvironmentVariables"]}
-    secrets = [
-        item.get("Name") or item["Fn::If"][1]["Name"] for item in image["RuntimeEnvironmentSecrets"]
-    ]
+    env = {
+        item["Name"]: item["Value"] for item in map(_given, image["RuntimeEnvironmentVariables"])
+    }
+    secrets = [_given(item)["Name"] for item in image["RuntimeEnvironmentSecrets"]]
     given = set(env) | set(secrets)
     assert len(given) == len(env) + len(secrets)  # nothing set twice
     settings = {f"TEGAMI_{name.upper()}" for name in Settings.model_fields}
@@ -289,6 +298,11 @@ def test_service_is_checked_on_readyz_and_gets_every_required_setting(
     assert env["TEGAMI_SES_CONFIGURATION_SET"] == ref("ConfigurationSet")
     assert env["TEGAMI_SNS_TOPIC_ARNS"] == ref("SesEventsTopic")
     assert env["TEGAMI_PUBLIC_BASE_URL"] == ref("PublicBaseUrl")
+    # Webhooks can be turned on from the stack (a hand edit is undone by the next update).
+    assert env["TEGAMI_WEBHOOK_URL"] == ref("WebhookUrl")
+    assert "TEGAMI_WEBHOOK_SECRET" in secrets and "TEGAMI_METRICS_TOKEN" in secrets
+    assert env["TEGAMI_DOCS"] == ref("Docs")
+    assert template["Parameters"]["Docs"]["Default"] == "false"
     for secret in (
         "TEGAMI_DATABASE_URL",
         "TEGAMI_UNSUBSCRIBE_SECRET",
