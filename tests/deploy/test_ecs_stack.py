@@ -8,6 +8,7 @@ health route, and the runbook in deploy/README.md.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,9 @@ def test_every_setting_is_set_by_the_stack_or_left_at_its_default(
     assert api["TEGAMI_CLOUDWATCH_EMF_NAMESPACE"] == (None, NAMESPACE)
 
 
-def test_the_stacks_defaults_make_settings_tegami_accepts(template: dict[str, Any]) -> None:
+def test_the_stacks_defaults_make_settings_tegami_accepts(
+    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every environment value, resolved with the parameters' defaults (and examples for
     the required ones), is read by tegami's own Settings without an error."""
     examples = {
@@ -264,10 +267,12 @@ def test_the_stacks_defaults_make_settings_tegami_accepts(template: dict[str, An
         for name, (_, value) in environment(template, "WorkerTaskDefinition").items()
     }
     env |= {name: secret_values[name] for name in secrets(template, "WorkerTaskDefinition")}
-    env.pop("AWS_REGION")
-    settings = Settings(
-        **{name.removeprefix("TEGAMI_").lower(): value for name, value in env.items()}
-    )
+    # Read from the environment, as the task's container reads it.
+    for name in [name for name in os.environ if name.startswith("TEGAMI_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()  # filled from the environment
     assert settings.docs is False
     assert settings.run_worker is True
     assert settings.cloudwatch_emf is True
