@@ -38,6 +38,11 @@ from app.ops.metrics import (
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 60.0
+# EMF takes a metric's values as an array of at most 100 numbers, each one observation.
+MAX_VALUES = 100
+# A minute's latency goes out as at most this many values: past it, each bucket's share is
+# kept (so are the percentiles), not the count, which EmailsSent has.
+MAX_SAMPLES = 10 * MAX_VALUES
 
 
 @dataclass(frozen=True)
@@ -126,24 +131,24 @@ class EmfEmitter:
     def _counter_documents(self) -> Iterable[dict[str, Any]]:
         deltas = self._deltas()
         # Totals every minute, zero included, so a graph or an alarm sees "none", not "missing".
-        totals: dict[str, float | dict[str, list[float]]] = {
-            figure.name: sum(value for (name, _), value in deltas.items() if name == figure.name)
-            for figure in COUNTERS
-        }
-        latency = self._latency()
-        if latency:
-            values = sorted(latency)
-            totals[SEND_LATENCY_FIGURE] = {
-                "Values": values,
-                "Counts": [latency[value] for value in values],
-            }
-        yield self._document(totals, {})
+        yield self._document(
+            {
+                figure.name: sum(
+                    value for (name, _), value in deltas.items() if name == figure.name
+                )
+                for figure in COUNTERS
+            },
+            {},
+        )
         for figure in COUNTERS:
             if figure.dimension is None:
                 continue
             for (name, label), value in sorted(deltas.items()):
                 if name == figure.name and value:
                     yield self._document({name: value}, {figure.dimension: label})
+        samples = _samples(self._latency())
+        for start in range(0, len(samples), MAX_VALUES):
+            yield self._document({SEND_LATENCY_FIGURE: samples[start : start + MAX_VALUES]}, {})
 
     def _deltas(self) -> dict[tuple[str, str], float]:
         now: dict[tuple[str, str], float] = {}
@@ -195,6 +200,17 @@ class EmfEmitter:
             **dimensions,
             **figures,
         }
+
+
+def _samples(counts: dict[float, float]) -> list[float]:
+    """Each bucket's bound, repeated as often as it was observed (scaled down past
+    MAX_SAMPLES, a bucket observed at all keeping one)."""
+    total = sum(counts.values())
+    scale = min(1.0, MAX_SAMPLES / total) if total else 1.0
+    samples: list[float] = []
+    for bound, count in sorted(counts.items()):
+        samples.extend([bound] * max(1, round(count * scale)))
+    return samples
 
 
 def _unit(name: str) -> str:

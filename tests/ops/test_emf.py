@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.main import create_app
-from app.ops.emf import EMITTED, GAUGES, EmfEmitter
+from app.ops.emf import EMITTED, GAUGES, MAX_SAMPLES, EmfEmitter
+from app.ops.metrics import SEND_LATENCY
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
 from tests.emails.test_router import body, drain
@@ -30,7 +31,13 @@ def metrics_of(out: io.StringIO) -> list[dict[str, Any]]:
         for name in dimensions:  # every dimension named has its value on the line
             assert isinstance(document[name], str)
         for metric in directive["Metrics"]:
-            assert metric["Name"] in document
+            value = document[metric["Name"]]
+            # The EMF specification: a number, or an array of at most 100 numbers.
+            if isinstance(value, list):
+                assert 0 < len(value) <= 100
+                assert all(isinstance(v, int | float) for v in value)
+            else:
+                assert isinstance(value, int | float)
             assert tuple(dimensions) in EMITTED[metric["Name"]]
         documents.append(
             {
@@ -71,8 +78,9 @@ async def test_a_flush_reports_what_happened_since_the_last_one(
     assert total(first, "EmailsAccepted") == 2
     assert total(first, "EmailsSent") == 2
     assert total(first, "EmailsFailed") == 0  # a zero, not a gap in the graph
+    # One value per send (at its bucket's bound), an array of numbers as EMF takes it.
     latency = total(first, "SendLatency")
-    assert sum(latency["Counts"]) == 2 and all(value > 0 for value in latency["Values"])
+    assert len(latency) == 2 and all(isinstance(v, float) and v > 0 for v in latency)
     assert total(first, "OutboxDepth") == 0
     assert total(first, "OutboxDueAgeSeconds") == 0
     assert set(GAUGES) <= {name for d in first for name in d["values"]}
@@ -171,3 +179,19 @@ async def test_a_budget_that_fits_says_so_without_a_warning(
     (record,) = await eventually(checked)
     assert record.event == "db_connection_budget"  # type: ignore[attr-defined]
     assert record.levelno == logging.INFO
+
+
+async def test_a_busy_minute_keeps_each_line_within_emfs_limits() -> None:
+    out = io.StringIO()
+    emitter = EmfEmitter(namespace="tegami", out=out)
+    for seconds in [0.02] * 4000 + [3.0] * 1000:  # 5000 sends in a minute
+        SEND_LATENCY.observe(seconds)
+    await emitter.flush()
+
+    documents = metrics_of(out)  # each line as the specification allows
+    values = [
+        v for d in documents if "SendLatency" in d["values"] for v in d["values"]["SendLatency"]
+    ]
+    assert len(values) == MAX_SAMPLES
+    # The shares stay, so CloudWatch's percentiles do: 80% fast, 20% slow.
+    assert values.count(0.025) == 800 and values.count(5.0) == 200
