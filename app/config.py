@@ -33,6 +33,14 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TEGAMI_", extra="ignore", frozen=True)
 
     database_url: str = Field(repr=False)  # may hold a password
+    # Connections each process keeps open, and how many more it may open for a burst (closed
+    # after use). Every process (API task, worker task, one-off command) holds its own pool, so
+    # pool + overflow times the processes must fit the database's max_connections.
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    # How many tegami processes may run at once (the stack's autoscaling maxima added up), for
+    # the start-up check of the connection budget; unset: the check is skipped.
+    db_max_processes: int | None = Field(default=None, ge=1)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -75,6 +83,12 @@ class Settings(GuardSettings):
     sns_max_age_seconds: int = Field(default=3900, ge=0)
     alert_webhook_url: str | None = None
     cloudwatch_emf: bool = False
+    # The CloudWatch namespace of the EMF figures (one per stack, so two stacks in one account
+    # do not add up in one graph).
+    cloudwatch_emf_namespace: str = Field(default="tegami", min_length=1, max_length=255)
+    # GET /metrics answers only `Authorization: Bearer <token>` when set (Prometheus's
+    # `authorization` / `bearer_token_file`); unset: open, as on a developer's machine.
+    metrics_token: SecretStr | None = None
     retention_days: int = Field(default=400, ge=1)
     # An erased address SES could not take off its account suppression list is tried again
     # after this, then at doubling intervals up to an hour (app/recipients/ses_list.py).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -20,6 +21,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+
+log = logging.getLogger(__name__)
 
 # Stable constraint names, so Alembic migrations can name what they drop.
 NAMING_CONVENTION = {
@@ -61,6 +64,58 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the server closed this connection")
+
+
+# What the server keeps for administrators: PostgreSQL's superuser and (16+) reserved slots,
+# and RDS's own for its agents. A missing setting counts 0.
+_CONNECTION_LIMIT = text(
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+    " - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)"
+    " - coalesce(nullif(current_setting('rds.rds_superuser_reserved_connections', true), '')"
+    "::int, 0)"
+)
+
+
+async def warn_if_over_budget(
+    engine: AsyncEngine, *, pool_size: int, max_overflow: int, processes: int | None
+) -> None:
+    """Log whether every process's pool at its fullest fits in the database's connections.
+
+    ``processes``: how many may run at once (TEGAMI_DB_MAX_PROCESSES; unset counts this one).
+    Past the limit PostgreSQL refuses new connections, and the requests that needed them
+    answer 503 at the worst moment, under load, so this is said at start-up instead.
+    """
+    try:
+        async with engine.connect() as connection:
+            allowed = int((await connection.execute(_CONNECTION_LIMIT)).scalar_one())
+    except Exception as exc:  # the database may be away; /readyz says so
+        log.info(
+            "connection budget not checked",
+            extra={"event": "db_connection_budget_unchecked", "error": repr(exc)},
+        )
+        return
+    per_process = pool_size + max_overflow
+    budget = per_process * (processes or 1)
+    fields = {
+        "per_process": per_process,
+        "processes": processes or 1,
+        "budget": budget,
+        "allowed": allowed,
+    }
+    if budget > allowed:
+        log.warning(
+            "up to %d processes × %d connections (TEGAMI_DB_POOL_SIZE + TEGAMI_DB_MAX_OVERFLOW) "
+            "= %d, but the database allows %d: lower the pool, the processes, or raise "
+            "max_connections",
+            processes or 1,
+            per_process,
+            budget,
+            allowed,
+            extra={"event": "db_connection_budget_exceeded", **fields},
+        )
+    else:
+        log.info("connection budget fits", extra={"event": "db_connection_budget", **fields})
 
 
 # What means the connection (or the server) is gone, rather than a fault in the statement.

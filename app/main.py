@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import httpx
@@ -15,13 +15,14 @@ from fastapi_offline import FastAPIOffline
 
 from app.config import MailBackend, Settings, load_settings
 from app.console.router import router as console_router
-from app.db import create_engine, create_sessionmaker
+from app.db import create_engine, create_sessionmaker, warn_if_over_budget
 from app.dev.router import router as dev_router
 from app.emails.router import router as emails_router
 from app.emails.sender import SesSender, open_sender
 from app.emails.worker import Worker
 from app.erasure.router import router as erasure_router
 from app.errors import install_error_handlers
+from app.ops.emf import EmfEmitter
 from app.ops.health import router as health_router
 from app.ops.limits import BodySizeLimit
 from app.ops.metrics import router as metrics_router
@@ -48,7 +49,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings | None = app.state.settings
     if settings is None:
         settings = app.state.settings = load_settings()
-    engine = create_engine(settings.sqlalchemy_url)
+    engine = create_engine(
+        settings.sqlalchemy_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.outbox_wake = asyncio.Event()
@@ -82,7 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         app.state.worker = worker
         # The background loops, each its own small module; any replica may run them.
-        loops = (
+        loops: list[Coroutine[Any, Any, None]] = (
             [
                 worker.run(stopping),
                 reputation.run(stopping),
@@ -101,6 +106,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     stopping=stopping,
                 )
             )
+        if settings.cloudwatch_emf:
+            emitter = EmfEmitter(
+                namespace=settings.cloudwatch_emf_namespace,
+                gauges=reputation.emf_figures if settings.run_worker else None,
+            )
+            loops.append(emitter.run(stopping))
+        # Once, in the background: a database that is away must not delay start-up.
+        loops.append(
+            warn_if_over_budget(
+                engine,
+                pool_size=settings.db_pool_size,
+                max_overflow=settings.db_max_overflow,
+                processes=settings.db_max_processes,
+            )
+        )
         tasks = [asyncio.create_task(loop) for loop in loops]
         # Events for the app: their own task, so a slow endpoint never slows the worker.
         if settings.webhook_url is not None and settings.run_worker:

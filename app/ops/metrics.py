@@ -1,10 +1,13 @@
 """Prometheus metrics, served at /metrics.
 
 Counters live in the process (one set per replica; Prometheus sums them). Outbox depth and age
-are read from the database at scrape time, so every replica reports the shared truth.
+are read from the database at scrape time, so every replica reports the shared truth. With
+``TEGAMI_METRICS_TOKEN`` set, only a scrape that brings it as a bearer token is answered.
 """
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -18,6 +21,7 @@ from prometheus_client import (
 from sqlalchemy import Float, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.errors import Unauthorized, error_responses
 from app.models import PENDING_STATUSES, Message, MessageStatus
 
 # `*_created` series (one per counter and histogram child, holding its creation time) double
@@ -53,6 +57,11 @@ OUTBOX_DEPTH = Gauge("tegami_outbox_depth", "Mails waiting to be sent (queued, s
 OUTBOX_OLDEST_AGE = Gauge(
     "tegami_outbox_oldest_age_seconds", "Age of the oldest mail waiting to be sent."
 )
+OUTBOX_DUE_AGE = Gauge(
+    "tegami_outbox_due_age_seconds",
+    "How long the longest-waiting due mail has been due and unsent (0: none is late). Held "
+    "mail, mail scheduled for later and retries not yet due do not count.",
+)
 BOUNCE_RATE = Gauge("tegami_bounce_rate", "Hard bounces over the reputation window of sends.")
 COMPLAINT_RATE = Gauge("tegami_complaint_rate", "Complaints over the reputation window of sends.")
 
@@ -60,6 +69,13 @@ _OUTBOX = select(
     func.count(),
     cast(func.coalesce(extract("epoch", func.now() - func.min(Message.created_at)), 0), Float),
 ).where(Message.status.in_((*PENDING_STATUSES, MessageStatus.HELD)))
+# Due and not yet sent: what a person should hear about (the claim's own index answers it).
+_DUE = select(
+    cast(func.coalesce(extract("epoch", func.now() - func.min(Message.next_attempt_at)), 0), Float)
+).where(
+    Message.status.in_((*PENDING_STATUSES, MessageStatus.SCHEDULED)),
+    Message.next_attempt_at <= func.now(),
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -70,19 +86,40 @@ async def read_outbox(engine: AsyncEngine) -> tuple[int, float]:
     return int(depth), float(age)
 
 
+async def read_due_age(engine: AsyncEngine) -> float:
+    async with engine.connect() as conn:
+        return float((await conn.execute(_DUE)).scalar_one())
+
+
+def _check_token(request: Request) -> None:
+    token = request.app.state.settings.metrics_token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized("GET /metrics needs Authorization: Bearer <TEGAMI_METRICS_TOKEN>")
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
     operation_id="getMetrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        **error_responses(401),
+    },
 )
 async def metrics(request: Request) -> Response:
+    _check_token(request)
     try:
         depth, age = await read_outbox(request.app.state.engine)
+        due_age = await read_due_age(request.app.state.engine)
     except Exception:
         # Metrics must still answer while the database is away; the gauges say -1.
-        depth, age = -1, -1.0
+        depth, age, due_age = -1, -1.0, -1.0
     OUTBOX_DEPTH.set(depth)
     OUTBOX_OLDEST_AGE.set(age)
+    OUTBOX_DUE_AGE.set(due_age)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

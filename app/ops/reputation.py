@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,7 +33,7 @@ from app.config import GuardSettings, Settings
 from app.emails import outbox
 from app.models import OPTIONAL_CATEGORIES, Message, MessageEvent
 from app.ops.alerts import post_alert
-from app.ops.metrics import BOUNCE_RATE, COMPLAINT_RATE, read_outbox
+from app.ops.metrics import BOUNCE_RATE, COMPLAINT_RATE, read_due_age, read_outbox
 from app.recipients.rules import Feedback
 
 if TYPE_CHECKING:
@@ -279,14 +277,12 @@ class ReputationWatch:
         return self.account
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Evaluate every few seconds, poll SES every minute, log EMF figures if asked."""
+        """Evaluate every few seconds, poll SES every minute."""
         while not stopping.is_set():
             try:
                 await self.evaluate()
                 if time.monotonic() - self._last_account_poll >= ACCOUNT_POLL_SECONDS:
                     await self.poll_account()
-                if self.settings.cloudwatch_emf:
-                    await self._emit_emf()
             except Exception as exc:  # the database may be away; try again next round
                 log.warning(
                     "reputation check failed",
@@ -363,31 +359,18 @@ class ReputationWatch:
         )
         await post_alert(self.http, self.settings.alert_webhook_url, message)
 
-    async def _emit_emf(self) -> None:
+    async def emf_figures(self) -> dict[str, float]:
+        """The worker's figures for CloudWatch (app/ops/emf.py): the outbox, read now, and
+        the rates as last evaluated."""
         depth, age = await read_outbox(self.engine)
-        figures = {
-            "BounceRate": self.rates.bounce_rate,
-            "ComplaintRate": self.rates.complaint_rate,
+        return {
             "OutboxDepth": depth,
             "OutboxOldestAgeSeconds": age,
+            "OutboxDueAgeSeconds": await read_due_age(self.engine),
+            "BounceRate": self.rates.bounce_rate,
+            "ComplaintRate": self.rates.complaint_rate,
             "OptionalMailHeld": int(self.verdict.hold),
         }
-        document = {
-            "_aws": {
-                "Timestamp": int(time.time() * 1000),
-                "CloudWatchMetrics": [
-                    {
-                        "Namespace": "tegami",
-                        "Dimensions": [[]],
-                        "Metrics": [{"Name": name, "Unit": "None"} for name in figures],
-                    }
-                ],
-            },
-            **figures,
-        }
-        # Straight to stdout: CloudWatch reads EMF from the raw line.
-        sys.stdout.write(json.dumps(document) + "\n")
-        sys.stdout.flush()
 
 
 _SEVERITY = {

@@ -131,7 +131,7 @@ def test_ses_reputation_alarms_use_the_reputation_modules_levels(
 ) -> None:
     thresholds: dict[str, list[float]] = {}
     for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
-        if alarm["Namespace"] == "AWS/SES":
+        if alarm.get("Namespace") == "AWS/SES":
             assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
             thresholds.setdefault(alarm["MetricName"], []).append(float(alarm["Threshold"]))
     review = {
@@ -220,6 +220,7 @@ def test_service_role_may_only_send_as_the_domain_read_the_account_and_its_secre
         ("ses:DeleteSuppressedDestination",),
         ("ses:GetConfigurationSetEventDestinations", "ses:GetEmailIdentity"),
         ("sns:ListSubscriptionsByTopic",),
+        ("sns:GetSubscriptionAttributes",),
         ("secretsmanager:GetSecretValue",),
     }
     names = {
@@ -241,6 +242,7 @@ def test_service_role_may_only_send_as_the_domain_read_the_account_and_its_secre
         "arn:aws:ses:ap-northeast-1:123456789012:identity/proworks.jp",
     ]
     assert grants[("sns:ListSubscriptionsByTopic",)] == {"Ref": "SesEventsTopic"}
+    assert grants[("sns:GetSubscriptionAttributes",)] == "*"
     secrets = template["Resources"]["Service"]["Properties"]["SourceConfiguration"][
         "ImageRepository"
     ]["ImageConfiguration"]["RuntimeEnvironmentSecrets"]
@@ -253,6 +255,15 @@ def test_service_role_may_only_send_as_the_domain_read_the_account_and_its_secre
 def _webhook_arn(secret: dict[str, Any]) -> dict[str, Any]:
     condition, given, absent = secret["Fn::If"]
     return {"Fn::If": [condition, given["Value"], absent]}
+
+
+def _given(item: dict[str, Any]) -> dict[str, Any]:
+    """An entry, or the one a condition gives (``!If [Cond, entry, !Ref AWS::NoValue]``)."""
+    if "Fn::If" in item:
+        _condition, given, absent = item["Fn::If"]
+        assert absent == ref("AWS::NoValue")
+        return dict(given)
+    return item
 
 
 def test_service_is_checked_on_readyz_and_gets_every_required_setting(
@@ -270,10 +281,10 @@ def test_service_is_checked_on_readyz_and_gets_every_required_setting(
 
     image = props["SourceConfiguration"]["ImageRepository"]["ImageConfiguration"]
     assert image["Port"] == "8000"
-    env = {item["Name"]: item["Value"] for item in image["RuntimeEnvironmentVariables"]}
-    secrets = [
-        item.get("Name") or item["Fn::If"][1]["Name"] for item in image["RuntimeEnvironmentSecrets"]
-    ]
+    env = {
+        item["Name"]: item["Value"] for item in map(_given, image["RuntimeEnvironmentVariables"])
+    }
+    secrets = [_given(item)["Name"] for item in image["RuntimeEnvironmentSecrets"]]
     given = set(env) | set(secrets)
     assert len(given) == len(env) + len(secrets)  # nothing set twice
     settings = {f"TEGAMI_{name.upper()}" for name in Settings.model_fields}
@@ -287,6 +298,11 @@ def test_service_is_checked_on_readyz_and_gets_every_required_setting(
     assert env["TEGAMI_SES_CONFIGURATION_SET"] == ref("ConfigurationSet")
     assert env["TEGAMI_SNS_TOPIC_ARNS"] == ref("SesEventsTopic")
     assert env["TEGAMI_PUBLIC_BASE_URL"] == ref("PublicBaseUrl")
+    # Webhooks can be turned on from the stack (a hand edit is undone by the next update).
+    assert env["TEGAMI_WEBHOOK_URL"] == ref("WebhookUrl")
+    assert "TEGAMI_WEBHOOK_SECRET" in secrets and "TEGAMI_METRICS_TOKEN" in secrets
+    assert env["TEGAMI_DOCS"] == ref("Docs")
+    assert template["Parameters"]["Docs"]["Default"] == "false"
     for secret in (
         "TEGAMI_DATABASE_URL",
         "TEGAMI_UNSUBSCRIBE_SECRET",

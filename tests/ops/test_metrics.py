@@ -7,9 +7,12 @@ import re
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ops.logging import JsonFormatter
 from app.ops.requests import RequestIdFilter
+from tests.conftest import AppFactory
 from tests.emails.test_router import body, drain
 from tests.ses import MotoSes
 
@@ -103,3 +106,52 @@ async def test_metrics_have_no_created_series(
 
     assert sample(scraped, "tegami_emails_sent_total", type="password-reset") >= 1
     assert "_created" not in scraped
+
+
+async def test_metrics_token_keeps_the_scrape_to_whoever_holds_it(
+    start_app: AppFactory,
+) -> None:
+    client = await start_app(metrics_token="prometheus-scrape-token-0123456789")
+
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": "Basic cHJvbWV0aGV1czp4"},
+        {"Authorization": "prometheus-scrape-token-0123456789"},
+    ):
+        refused = await client.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert "tegami_emails_sent_total" not in refused.text
+
+    # What Prometheus sends with `authorization: {credentials: ...}` (type Bearer).
+    scraped = await client.get(
+        "/metrics", headers={"Authorization": "Bearer prometheus-scrape-token-0123456789"}
+    )
+    assert scraped.status_code == 200
+    assert "tegami_outbox_depth" in scraped.text
+
+
+async def test_metrics_stay_open_without_a_token(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_due_age_counts_only_mail_that_is_due_and_unsent(
+    client: httpx.AsyncClient, auth: dict[str, str], engine: AsyncEngine, ses: MotoSes
+) -> None:
+    await client.post("/emails/verify-email", json=body(), headers=auth)
+    # A mail due two minutes ago that no worker took: late.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE message SET next_attempt_at = now() - interval '2 minutes'")
+        )
+    late = (await client.get("/metrics")).text
+    assert 119 <= sample(late, "tegami_outbox_due_age_seconds") < 600
+
+    # Mail due later (a retry, a scheduled send) is waiting, not late.
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE message SET next_attempt_at = now() + interval '1 hour'"))
+    waiting = (await client.get("/metrics")).text
+    assert sample(waiting, "tegami_outbox_due_age_seconds") == 0
+    assert sample(waiting, "tegami_outbox_depth") == 1

@@ -4241,6 +4241,17 @@ export interface operations {
                     "text/plain": unknown;
                 };
             };
+            /** @description No or unknown API key (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description `Bearer`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
         };
     };
     getReputation: {
