@@ -1765,7 +1765,7 @@ def year_rows(year: dict[str, Any] | None) -> list[Row]:
             "9",
             f"retention pass deleting a day ({year['deleted']:,} mails and their events), s",
             f"≤ {YEAR_DELETE_SECONDS:g}",
-            purge.show(0),
+            purge.show(1),
             "",
             "",
             purge.median <= YEAR_DELETE_SECONDS,
@@ -1779,7 +1779,7 @@ def year_rows(year: dict[str, Any] | None) -> list[Row]:
             "9",
             "retention's look for spent link params, s (ceiling: the same without its index)",
             "",
-            params.show(2),
+            params.show(3),
             f"{scan.show(2)} without",
             f"{params.median / scan.median:.3f}",
             None,
@@ -2014,6 +2014,7 @@ def bench_year(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
     rows = int(os.environ.get("BENCH_YEAR_ROWS", profile.year_rows))
     env = base_env()
     env.update(BENCH_ADMIN_URL=ADMIN_URL, BENCH_YEAR_ROWS=str(rows))
+    env.setdefault("BENCH_YEAR_DB", f"{DB_NAME}_year")
     wait_quiet()
     with (logs / "year.log").open("w") as errors:
         done = subprocess.run(  # noqa: S603

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB_NAME = "tegami_bench_year"
+DB_NAME = os.environ.get("BENCH_YEAR_DB", "tegami_bench_year")
 DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
 ROWS = int(os.environ.get("BENCH_YEAR_ROWS", "10000000"))
 CHUNK = 200_000  # mails per INSERT … SELECT (each its own transaction)
