@@ -2027,7 +2027,13 @@ def bench_year(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
             check=True,
         )
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    out: dict[str, Any] = {"details": [{"run": first, **found}]}
+    log(f"year: {json.dumps(found, default=str)}")
+    return year_figures(found, run=first)
+
+
+def year_figures(found: dict[str, Any], *, run: int = 0) -> dict[str, Any]:
+    """Figure 9's series from bench/year.py's JSON (also for a saved run's JSON)."""
+    out: dict[str, Any] = {"details": [{"run": run, **found}]}
     for phase in ("empty", "loaded", "during", "vacuum"):
         timings = found["vacuum"]["send_path"] if phase == "vacuum" else found[phase]
         for step, figures in timings.items():
@@ -2040,9 +2046,8 @@ def bench_year(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
     for moment in ("before_delete", "after_delete", "after_next_day"):
         sizes = found[f"sizes_{moment}"]
         out[f"mb_{moment}"] = Series([sum(t["total_mb"] for t in sizes.values())])
-    out["rows"] = rows
+    out["rows"] = found["rows"]
     out["deleted"] = found["purged"]["messages"]
-    log(f"year: {json.dumps(found, default=str)}")
     return out
 
 
