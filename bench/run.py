@@ -6,7 +6,9 @@
     .venv/bin/python bench/run.py --only priority,replicas --baseline ../tegami-old --runs 2
 
 Figures (``--only``): accept, latency, drain, rate, sns, priority (password resets behind a
-matching backlog at 14/s), replicas (four workers at 1/s: mails sent twice). ``--baseline DIR``
+matching backlog at 14/s), replicas (four workers at 1/s: mails sent twice), batch, year (the
+send path and retention with a year of mail kept: bench/year.py, once, whatever ``--runs``;
+``BENCH_YEAR_ROWS`` makes it smaller). ``--baseline DIR``
 also measures the checkout in DIR (a ``git worktree`` of an older commit, run from this
 virtual environment with ``PYTHONPATH=DIR``, in its own database ``tegami_bench_base``), in
 turns with this one, and reports it as "before" beside "now".
@@ -128,6 +130,7 @@ class Profile:
     sns_events: int
     priority_seconds: int  # password resets at 1/s behind the matching backlog
     replicas_messages: int  # backlog at 1/s for the replicas: outlasts every lease in play
+    year_rows: int  # mails kept in the year figure (bench/year.py)
 
 
 FULL = Profile(
@@ -142,6 +145,9 @@ FULL = Profile(
     # 75 s at 1/s: longer than the 10-s lease set here, and than the fixed 60-s lease of code
     # from before the setting (a --baseline), so both can show what happens when it runs out.
     replicas_messages=75,
+    # A million mails a day (SES's default 14/s) for 400 days is 400 million; 10 million with
+    # a million of them a day past retention keeps the day's delete at its full size.
+    year_rows=10_000_000,
 )
 QUICK = Profile(
     runs=2,
@@ -153,6 +159,7 @@ QUICK = Profile(
     sns_events=10_000,
     priority_seconds=20,
     replicas_messages=30,
+    year_rows=200_000,
 )
 
 
@@ -1700,6 +1707,102 @@ def figure_rows(results: dict[str, Any], profile: Profile) -> list[Row]:
                 batched["batch"].median,
             )
         )
+    rows += year_rows(results.get("year"))
+    return rows
+
+
+# The send path is said to keep its latency when a year of mail at most doubles it (one run
+# on this shared machine moves by a fifth or more); blocked, it would wait for seconds.
+YEAR_SLOWER_AT_MOST = 2.0
+YEAR_DURING_P99_MS = 100.0
+YEAR_DELETE_SECONDS = 600.0  # a day's worth within one purge interval
+YEAR_GROWTH_AT_MOST = 1.05  # a day deleted, vacuumed, a day added: the same size
+
+
+def year_rows(year: dict[str, Any] | None) -> list[Row]:
+    """Figure 9: the send path with a year of mail kept, against empty tables (the ceiling
+    column; ratio loaded / empty, lower is better), and retention's delete."""
+    if not year or "purge_seconds" not in year:
+        return []
+    kept = f"{year['rows']:,} mails kept"
+    rows: list[Row] = []
+    names = {"accept": "accept", "claim": "claim", "check": "pre-send check"}
+    for step, name in names.items():
+        for q in ("p50", "p99"):
+            loaded, empty = year[f"loaded_{step}_{q}"], year[f"empty_{step}_{q}"]
+            ratio = loaded.median / empty.median
+            rows.append(
+                Row(
+                    "9",
+                    f"{name} {q}, ms ({kept}; ceiling: empty tables)",
+                    f"ratio ≤ {YEAR_SLOWER_AT_MOST:g}",
+                    loaded.show(2),
+                    f"{empty.show(2)} empty",
+                    f"{ratio:.2f}",
+                    ratio <= YEAR_SLOWER_AT_MOST,
+                    loaded.median,
+                    "lower",
+                )
+            )
+    for step, name in names.items():
+        during, loaded = year[f"during_{step}_p99"], year[f"loaded_{step}_p99"]
+        rows.append(
+            Row(
+                "9",
+                f"{name} p99 while retention deletes a day ({year['deleted']:,} mails), ms",
+                f"≤ {YEAR_DURING_P99_MS:g}",
+                during.show(2),
+                f"{loaded.show(2)} loaded",
+                f"{during.median / loaded.median:.2f}",
+                during.median <= YEAR_DURING_P99_MS,
+                during.median,
+                "lower",
+            )
+        )
+    purge = year["purge_seconds"]
+    rows.append(
+        Row(
+            "9",
+            f"retention pass deleting a day ({year['deleted']:,} mails and their events), s",
+            f"≤ {YEAR_DELETE_SECONDS:g}",
+            purge.show(1),
+            "",
+            "",
+            purge.median <= YEAR_DELETE_SECONDS,
+            purge.median,
+            "lower",
+        )
+    )
+    params, scan = year["params_seconds"], year["params_without_index_seconds"]
+    rows.append(
+        Row(
+            "9",
+            "retention's look for spent link params, s (ceiling: the same without its index)",
+            "",
+            params.show(3),
+            f"{scan.show(2)} without",
+            f"{params.median / scan.median:.3f}",
+            None,
+            params.median,
+            "lower",
+        )
+    )
+    before, after = year["mb_before_delete"], year["mb_after_next_day"]
+    growth = after.median / before.median
+    rows.append(
+        Row(
+            "9",
+            "message + message_event, MB: a day deleted, vacuumed, the next day added "
+            "(ceiling: before the delete)",
+            f"ratio ≤ {YEAR_GROWTH_AT_MOST:g}",
+            after.show(0),
+            f"{before.show(0)} before",
+            f"{growth:.3f}",
+            growth <= YEAR_GROWTH_AT_MOST,
+            after.median,
+            "lower",
+        )
+    )
     return rows
 
 
@@ -1864,6 +1967,17 @@ def write_report(
         "(bench/wrk/batch.lua), in turns, every mail to a new address. The figure is the "
         "rows `message` gained, per second; the ceiling column holds the single sends of the "
         "same run, and the ratio is batch / single. Code without batches answers 404 (n/a).",
+        f"9. **A year of mail.** bench/year.py, once, in its own database: {profile.year_rows:,} "
+        "mails (`BENCH_YEAR_ROWS`) with three events each, a tenth of them a day past "
+        "retention and the rest over 400 days, loaded by `INSERT … SELECT` from "
+        "`generate_series` with every index in place, then `VACUUM ANALYZE`. The send path "
+        "(`service.accept` for 14 mails, then `outbox.claim`, `outbox.check_before_send`, "
+        "`outbox.finish`, four times a second, on one connection) for 30 s on the empty "
+        "tables and 30 s on the loaded ones; then `app.ops.retention.purge` with the send "
+        "path going on its own connection; then autovacuum's pass (run by the bench, "
+        "throttled as autovacuum is, where the server has autovacuum off) and the next "
+        "day's mail (as many as were deleted). Sizes are `pg_total_relation_size`. The "
+        "ratio is loaded / empty (lower is better).",
     ]
     if generator:
         lines += [
@@ -1891,6 +2005,52 @@ def write_report(
     path.write_text("\n".join(lines))
 
 
+# -- 9. a year of mail -------------------------------------------------------------------------
+
+
+def bench_year(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
+    """bench/year.py in its own database, once (its load is most of the time): the send path
+    on empty and on loaded tables, and retention's delete of a day's worth while sending."""
+    rows = int(os.environ.get("BENCH_YEAR_ROWS", profile.year_rows))
+    env = base_env()
+    env.update(BENCH_ADMIN_URL=ADMIN_URL, BENCH_YEAR_ROWS=str(rows))
+    env.setdefault("BENCH_YEAR_DB", f"{DB_NAME}_year")
+    wait_quiet()
+    with (logs / "year.log").open("w") as errors:
+        done = subprocess.run(  # noqa: S603
+            [PYTHON, str(BENCH / "year.py")],
+            env=env,
+            cwd=ACTIVE.root,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            check=True,
+        )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    log(f"year: {json.dumps(found, default=str)}")
+    return year_figures(found, run=first)
+
+
+def year_figures(found: dict[str, Any], *, run: int = 0) -> dict[str, Any]:
+    """Figure 9's series from bench/year.py's JSON (also for a saved run's JSON)."""
+    out: dict[str, Any] = {"details": [{"run": run, **found}]}
+    for phase in ("empty", "loaded", "during", "vacuum"):
+        timings = found["vacuum"]["send_path"] if phase == "vacuum" else found[phase]
+        for step, figures in timings.items():
+            for q in ("p50", "p99"):
+                out[f"{phase}_{step}_{q}"] = Series([figures[f"{q}_ms"]])
+    out["purge_seconds"] = Series([found["purge_seconds"]])
+    out["vacuum_seconds"] = Series([found["vacuum"]["seconds"]])
+    out["params_seconds"] = Series([found["params_seconds"]])
+    out["params_without_index_seconds"] = Series([found["params_without_index_seconds"]])
+    for moment in ("before_delete", "after_delete", "after_next_day"):
+        sizes = found[f"sizes_{moment}"]
+        out[f"mb_{moment}"] = Series([sum(t["total_mb"] for t in sizes.values())])
+    out["rows"] = found["rows"]
+    out["deleted"] = found["purged"]["messages"]
+    return out
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 FIGURES: dict[str, Callable[[Profile, Path, int], dict[str, Any]]] = {
@@ -1902,6 +2062,7 @@ FIGURES: dict[str, Callable[[Profile, Path, int], dict[str, Any]]] = {
     "priority": bench_priority,
     "replicas": bench_replicas,
     "batch": bench_batch,
+    "year": bench_year,
 }
 ALL = tuple(FIGURES)
 
