@@ -118,6 +118,21 @@ def _to_sign_in() -> RedirectResponse:
     return RedirectResponse("/console", status_code=303)
 
 
+async def _may_change(
+    request: Request, db: AsyncSession, csrf: str
+) -> session.ConsoleSession | Response:
+    """The session of a form that changes something (lift, erase, release, discard), or the
+    page that refuses it: not signed in, a stale form (CSRF), or a key that may only read."""
+    signed = await _signed_in(request, db)
+    if signed is None:
+        return _to_sign_in()
+    if not session.same_token(signed.csrf, csrf):
+        return _bad_form(request, signed)
+    if not signed.can_change:
+        return _forbidden(request, signed)
+    return signed
+
+
 def _forbidden(request: Request, signed: session.ConsoleSession) -> Response:
     return _page(
         request,
@@ -294,13 +309,9 @@ async def lift(
     csrf: Annotated[str, Form(max_length=100)],
     confirm: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    signed = await _signed_in(request, db)
-    if signed is None:
-        return _to_sign_in()
-    if not session.same_token(signed.csrf, csrf):
-        return _bad_form(request, signed)
-    if not signed.can_change:
-        return _forbidden(request, signed)
+    signed = await _may_change(request, db, csrf)
+    if isinstance(signed, Response):
+        return signed
     if confirm != "yes":
         return await _person(
             request, db, signed, address, notice="確認のチェックを入れてください。"
@@ -327,13 +338,9 @@ async def erase(
     csrf: Annotated[str, Form(max_length=100)],
     confirm: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    signed = await _signed_in(request, db)
-    if signed is None:
-        return _to_sign_in()
-    if not session.same_token(signed.csrf, csrf):
-        return _bad_form(request, signed)
-    if not signed.can_change:
-        return _forbidden(request, signed)
+    signed = await _may_change(request, db, csrf)
+    if isinstance(signed, Response):
+        return signed
     if confirm != "yes":
         return await _person(
             request, db, signed, address, notice="確認のチェックを入れてください。"
@@ -419,13 +426,9 @@ async def held_action(
     ids: Annotated[list[str] | None, Form()] = None,
     confirm: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    signed = await _signed_in(request, db)
-    if signed is None:
-        return _to_sign_in()
-    if not session.same_token(signed.csrf, csrf):
-        return _bad_form(request, signed)
-    if not signed.can_change:
-        return _forbidden(request, signed)
+    signed = await _may_change(request, db, csrf)
+    if isinstance(signed, Response):
+        return signed
     if action not in ("release", "discard"):
         return _page(
             request,
