@@ -165,6 +165,8 @@ class NamedStatement:
 
     sql: str
     names: tuple[str, ...]
+    # As written (``:name``), for SQLAlchemy's ``text()`` on the ORM's connection.
+    source: str = ""
 
     @classmethod
     def of(cls, sql: str) -> NamedStatement:
@@ -175,10 +177,91 @@ class NamedStatement:
                 names.append(match.group(1))
             return f"${names.index(match.group(1)) + 1}"
 
-        return cls(_NAMED.sub(number, sql), tuple(names))
+        return cls(_NAMED.sub(number, sql), tuple(names), sql)
 
     def args(self, values: Mapping[str, Any]) -> Sequence[Any]:
         return [values[name] for name in self.names]
+
+
+_CTE_NAME = re.compile(r"\s*([a-z_][a-z0-9_]*)\s+AS\s+\(", re.IGNORECASE)
+
+
+def _top_level_ctes(sql: str) -> list[str]:
+    """The names of the CTEs in ``sql`` (``a AS (...), b AS (...)``), at parenthesis depth 0."""
+    names: list[str] = []
+    depth, start = 0, 0
+    for index, char in enumerate(sql):
+        if char == "(":
+            if depth == 0:
+                match = _CTE_NAME.fullmatch(sql[start : index + 1].lstrip(","))
+                if match is None:
+                    raise ValueError(f"not a CTE list near {sql[start : index + 1]!r}")
+                names.append(match.group(1))
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                start = index + 1
+    return names
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One owner's part of a statement that writes several owners' tables in one round trip:
+    its CTEs (``a AS (...), b AS (...)``), the CTE names it provides and needs from the
+    fragments before it, and its parameters: its own start with ``prefix`` (``r_`` for the
+    recipients, ``m_`` for the outbox, ``w_`` for the app's events); any other it uses is
+    another fragment's own, named in ``needs_params``. ``compose`` checks the agreement."""
+
+    sql: str
+    prefix: str
+    needs: frozenset[str] = frozenset()
+    needs_params: frozenset[str] = frozenset()
+
+    @property
+    def provides(self) -> tuple[str, ...]:
+        return tuple(_top_level_ctes(self.sql))
+
+    @property
+    def params(self) -> set[str]:
+        return set(_NAMED.findall(self.sql))
+
+    @property
+    def own_params(self) -> set[str]:
+        return {name for name in self.params if name.startswith(self.prefix)}
+
+
+class CompositionError(ValueError):
+    """Fragments that do not fit: a statement that would fail at run time, refused at import."""
+
+
+def compose(*fragments: Fragment, select: str) -> NamedStatement:
+    """``WITH`` the fragments, in order, then ``select``: refused when a fragment needs a CTE
+    no fragment before it provides, reads another's CTE without declaring it, uses a
+    parameter neither its own nor declared and provided, or when two provide one name."""
+    provided: dict[str, int] = {}
+    own: set[str] = set()
+    for position, fragment in enumerate(fragments):
+        names = fragment.provides
+        for name in names:
+            if name in provided:
+                raise CompositionError(f"two fragments provide the CTE {name!r}")
+            provided[name] = position
+        for name in fragment.needs:
+            if provided.get(name, position) >= position:
+                raise CompositionError(f"the CTE {name!r} is needed but not provided before")
+        own |= fragment.own_params
+    for fragment in fragments:
+        theirs = set(provided) - set(fragment.provides) - fragment.needs
+        for name in theirs:
+            if re.search(rf"\b(?:FROM|JOIN)\s+{name}\b", fragment.sql, re.IGNORECASE):
+                raise CompositionError(f"a fragment reads the CTE {name!r} without needing it")
+        foreign = fragment.params - fragment.own_params
+        for name in foreign - fragment.needs_params:
+            raise CompositionError(f"the parameter :{name} is neither own nor declared")
+        for name in fragment.needs_params - own:
+            raise CompositionError(f"the parameter :{name} is needed but no fragment owns it")
+    return NamedStatement.of("WITH" + ",".join(f.sql for f in fragments) + "\n" + select)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +191,10 @@ async def send_path(
 ) -> dict[str, list[float]]:
     """Accept, claim, check, finish, paced; until ``until`` is set (or ``seconds`` pass)."""
     from app.api_keys import Caller
-    from app.emails import outbox
+    from app.emails import lifecycle, outbox
     from app.emails import service as emails
     from app.emails.catalog import EMAIL_KINDS
-    from app.models import ApiKeyScope, MailType, MessageStatus
+    from app.models import ApiKeyScope, MailType
 
     config = settings()
     caller = Caller(key_id=KEY_ID, name="bench", scope=ApiKeyScope.APP)
@@ -224,21 +224,13 @@ async def send_path(
         )
         times["claim"].append(_ms(start))
         start = time.perf_counter()
-        await outbox.check_before_send(conn, mails=claim.mails)
+        await outbox.check_before_send(conn, mails=claim.mails, max_age=lifecycle.MAX_RETRY_AGE)
         times["check"].append(_ms(start))
-        now = datetime.now(UTC)
         results = [
-            outbox.Result(
-                message_id=m.id,
-                attempt=m.attempt,
-                status=MessageStatus.SENT,
-                event="sent",
-                ses_message_id=f"year-{m.id}",
-            )
-            for m in claim.mails
+            outbox.Change(m.id, lifecycle.sent(f"year-{m.id}"), m.attempt) for m in claim.mails
         ]
         start = time.perf_counter()
-        await outbox.finish(conn, results=results, now=now)
+        await outbox.finish(conn, results=results)
         times["finish"].append(_ms(start))
         rounds += 1
         await asyncio.sleep(max(0.0, ROUND_SECONDS - (time.monotonic() - round_started)))

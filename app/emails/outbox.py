@@ -10,7 +10,11 @@ Who asks what of it:
 - the reputation guard holds and releases optional mail (``hold_optional``, ``release_held``);
 - retention drops link params and old mail (``drop_spent_params``, ``delete_old``);
 - SES feedback finds the message it is about (``find_for_feedback``) and changes it
-  (``FEEDBACK_WRITES``, composed into app.sns.feedback's one statement).
+  (``FEEDBACK``, a fragment composed into app.sns.feedback's one statement).
+
+Every change of a mail's status is a ``lifecycle.Transition`` applied by one statement shape
+(``_apply_fragment``): ``finish``, SES feedback, the guard's hold and release, an operator's
+discard, the API's cancel and the erasure.
 
 How a claim works, for the reader of the worker:
 - **Fence.** A claim adds one to ``attempts`` and the claimer keeps that number; every later
@@ -36,6 +40,7 @@ The hot statements are named asyncpg statements run on asyncpg's connection in a
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -44,18 +49,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, true, update
+from sqlalchemy import and_, delete, func, null, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db import NamedStatement
-from app.models import (
-    CANCELLABLE_STATUSES,
-    PENDING_STATUSES,
-    Category,
-    Message,
-    MessageEvent,
-    MessageStatus,
-)
+from app.db import Fragment, NamedStatement, compose
+from app.emails import lifecycle
+from app.emails.lifecycle import Event, Standing, Transition
+from app.models import PENDING_STATUSES, Category, Message, MessageEvent, MessageStatus
 from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
 from app.webhooks import deliveries as webhooks
 
@@ -420,9 +420,245 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-# -- cancel ------------------------------------------------------------------------------
+# -- applying transitions: the one way a mail's status and history change ------------------
 
-CANCELLED_DETAIL = "cancelled through the API"
+
+# What app.emails.lifecycle decided for one mail: a row of the statement below.
+@dataclass(frozen=True)
+class Change:
+    """A transition for one mail; ``attempt`` is the claim's fence (None: unfenced)."""
+
+    message_id: uuid.UUID
+    transition: Transition
+    attempt: int | None = None
+
+    @property
+    def status(self) -> MessageStatus | None:
+        return self.transition.status
+
+    @property
+    def event(self) -> Event:
+        return self.transition.event
+
+    @property
+    def detail(self) -> str | None:
+        return self.transition.detail
+
+    @property
+    def ses_message_id(self) -> str | None:
+        return self.transition.ses_message_id
+
+    @property
+    def taken_by_ses(self) -> bool:
+        return self.transition.taken_by_ses
+
+
+# The columns of a transition row, as the statement reads them (``t.<name>``), and their type.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "uuid"),
+    ("attempt", "int"),
+    ("status", "text"),
+    ("leaves", "text"),
+    ("next_attempt_at", "timestamptz"),
+    ("retry_in", "float8"),
+    ("last_error", "text"),
+    ("clears_error", "boolean"),
+    ("drops_params", "boolean"),
+    ("ses_message_id", "text"),
+    ("taken", "boolean"),
+    ("kind", "text"),
+    ("detail", "text"),
+    ("feedback", "text"),
+    ("then_kind", "text"),
+    ("then_detail", "text"),
+    ("webhook_type", "text"),
+    ("ses_type", "text"),
+    ("ses_subtype", "text"),
+    ("diagnostic", "text"),
+)
+
+
+def _row(message_id: uuid.UUID | None, t: Transition, attempt: int | None) -> tuple[Any, ...]:
+    ses_type, ses_subtype, diagnostic = t.report.for_app if t.report else (None, None, None)
+    return (
+        message_id,
+        attempt,
+        t.status.value if t.status is not None else None,
+        ",".join(sorted(t.leaves)) if t.leaves is not None else None,
+        t.next_attempt_at,
+        t.retry_in,
+        t.last_error,
+        t.clears_error,
+        t.drops_params,
+        t.ses_message_id,
+        t.taken_by_ses,
+        t.event.value,
+        t.detail,
+        t.report.feedback.value if t.report else None,
+        t.then.event.value if t.then else None,
+        t.then.detail if t.then else None,
+        t.webhook.value if t.webhook else None,
+        ses_type,
+        ses_subtype,
+        diagnostic,
+    )
+
+
+def _values(rows: Sequence[tuple[Any, ...]], *, cause: str) -> dict[str, Any]:
+    """The parameters of ``_apply_fragment``: one array per column, one element per row."""
+    columns = list(zip(*rows, strict=True)) or [()] * len(_COLUMNS)
+    values: dict[str, Any] = {
+        f"m_{name}": list(column) for (name, _), column in zip(_COLUMNS, columns, strict=True)
+    }
+    values["m_cause"] = cause
+    values["m_erased_mark"] = ERASED_MARK
+    return values
+
+
+def _apply_fragment(*, selection: str | None = None, scrubbed: bool = False) -> Fragment:
+    """The one statement shape: the transitions (one row per change, or one transition for
+    every mail ``selection`` picks: a condition on ``m``), the mails updated (each only from
+    a status its transition may leave, and fenced by the claim where there is one), and the
+    history lines of those that changed. ``applied`` (the changed mails' rows, and the
+    noted ones that change no status) is what the app's ``email.*`` events are made of
+    (app.webhooks.deliveries.email_events). ``scrubbed``: SES's text is recorded with the
+    addresses of ``erased`` (the recipients' CTE) replaced, as the erasure replaced them."""
+    unnest = ", ".join(f"CAST(:m_{name} AS {kind}[])" for name, kind in _COLUMNS)
+    names = ", ".join(name for name, _ in _COLUMNS)
+    if selection is None:
+        source = f"SELECT * FROM unnest({unnest}) WITH ORDINALITY AS t({names}, ord)"  # noqa: S608
+    else:
+        others = ", ".join(f"t.{name}" for name, _ in _COLUMNS[1:])
+        # (column names and the selectors' constant SQL are formatted in)
+        source = (
+            f"SELECT m.id, {others}, t.ord FROM unnest({unnest}) WITH ORDINALITY AS "  # noqa: S608
+            f"t({names}, ord) CROSS JOIN message AS m "
+            f"WHERE m.status = ANY(string_to_array(t.leaves, ',')) AND {selection}"
+        )
+
+    def scrub(text: str) -> str:
+        if not scrubbed:
+            return text
+        return (
+            f"COALESCE(regexp_replace({text}, (SELECT pattern FROM erased), "  # noqa: S608
+            f"CAST(:m_erased_mark AS text), 'gi'), {text})"
+        )
+
+    sql = f"""
+    transition AS ({source}),
+    changed AS (
+        UPDATE message AS m SET status = COALESCE(t.status, m.status),
+            -- A retry is due after its backoff by the database's clock (as every due time).
+            next_attempt_at = COALESCE(t.next_attempt_at,
+                now() + make_interval(secs => t.retry_in), m.next_attempt_at),
+            ses_message_id = COALESCE(t.ses_message_id, m.ses_message_id),
+            last_error = CASE WHEN t.clears_error THEN NULL
+                ELSE COALESCE({scrub("t.last_error")}, m.last_error) END,
+            params = CASE WHEN t.drops_params THEN NULL ELSE m.params END,
+            -- When SES took it: a test key's mail is never sent, and never counts in the
+            -- reputation window of sends.
+            sent_at = CASE WHEN t.taken THEN now() ELSE m.sent_at END,
+            updated_at = CASE WHEN t.status IS NULL THEN m.updated_at ELSE now() END
+        FROM transition AS t
+        WHERE m.id = t.id
+            AND (t.leaves IS NULL OR m.status = ANY(string_to_array(t.leaves, ',')))
+            AND (t.attempt IS NULL OR m.attempts = t.attempt)
+            -- A change of no status writes only a MessageId the mail lacks.
+            AND (t.status IS NOT NULL OR m.ses_message_id IS NULL)
+        RETURNING m.id
+    ),
+    applied AS (
+        SELECT t.id, t.ord, t.status, t.kind, t.detail, t.feedback, t.then_kind, t.then_detail,
+            t.webhook_type, t.ses_type, t.ses_subtype, {scrub("t.diagnostic")} AS diagnostic
+        FROM transition AS t
+        WHERE t.status IS NULL OR t.id IN (SELECT id FROM changed)
+    ),
+    history AS (
+        INSERT INTO message_event (message_id, kind, detail, cause, feedback)
+        SELECT a.id, line.kind, {scrub("line.detail")}, CAST(:m_cause AS text), line.feedback
+        FROM applied AS a CROSS JOIN LATERAL (VALUES (1, a.kind, a.detail, a.feedback),
+            (2, a.then_kind, a.then_detail, NULL)) AS line(n, kind, detail, feedback)
+        WHERE line.kind IS NOT NULL
+        ORDER BY a.ord, line.n
+    )"""  # noqa: S608 (only column names and constant SQL are formatted in)
+    return Fragment(sql=sql, prefix="m_", needs=frozenset({"erased"} if scrubbed else ()))
+
+
+def _statement(*fragments: Fragment) -> tuple[NamedStatement, NamedStatement]:
+    """The statement without and with the app's ``email.*`` events (TEGAMI_WEBHOOK_URL)."""
+    select = "SELECT id FROM changed"
+    return (
+        compose(*fragments, select=select),
+        compose(*fragments, webhooks.email_events(), select=select),
+    )
+
+
+_APPLY = _statement(_apply_fragment())
+
+
+def _chosen(statements: tuple[NamedStatement, NamedStatement]) -> NamedStatement:
+    return statements[1] if webhooks.enabled() else statements[0]
+
+
+async def apply(
+    connection: asyncpg.Connection, *, changes: Sequence[Change], cause: str
+) -> set[uuid.UUID]:
+    """Apply each change to its mail; returns the mails changed (a fenced change whose claim
+    another worker took since, or a mail no longer in a status its transition may leave, is
+    left alone and gets no history line)."""
+    statement = _chosen(_APPLY)
+    values = _values([_row(c.message_id, c.transition, c.attempt) for c in changes], cause=cause)
+    rows = await connection.fetch(statement.sql, *statement.args(values))
+    return {row["id"] for row in rows}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which mails one transition applies to (besides the statuses it may leave): these ids,
+    these categories, this recipient's; all that are None: every mail in those statuses."""
+
+    ids: Sequence[uuid.UUID] | None = None
+    categories: Iterable[Category] | None = None
+    recipient_id: int | None = None
+
+
+_SELECTORS = {
+    "ids": "m.id = ANY(CAST(:m_select_ids AS uuid[]))",
+    "categories": "m.category = ANY(CAST(:m_select_categories AS text[]))",
+    "recipient_id": "m.recipient_id = CAST(:m_select_recipient_id AS int)",
+}
+
+
+@functools.cache
+def _selecting(names: tuple[str, ...]) -> tuple[NamedStatement, NamedStatement]:
+    condition = " AND ".join([_SELECTORS[name] for name in names] or ["true"])
+    return _statement(_apply_fragment(selection=condition))
+
+
+async def apply_to(
+    executor: AsyncConnection | AsyncSession,
+    *,
+    transition: Transition,
+    selection: Selection,
+    cause: str,
+) -> list[uuid.UUID]:
+    """Apply one transition to every mail ``selection`` picks, in the caller's transaction
+    (the ORM's connection or session: the rarely run changes, an operator's or the guard's).
+    Returns the mails changed."""
+    chosen = {
+        "ids": selection.ids if selection.ids is None else list(selection.ids),
+        "categories": None if selection.categories is None else list(selection.categories),
+        "recipient_id": selection.recipient_id,
+    }
+    names = tuple(name for name, value in chosen.items() if value is not None)
+    statement = _chosen(_selecting(names))
+    values = _values([_row(None, transition, None)], cause=cause)
+    values |= {f"m_select_{name}": chosen[name] for name in names}
+    rows = await executor.execute(text(statement.source), values)
+    return list(rows.scalars())
+
+
+# -- cancel ------------------------------------------------------------------------------
 
 
 async def cancel(
@@ -432,17 +668,8 @@ async def cancel(
     cancelled, else the status that kept it from being (sending, sent, ...). A claim holds its
     rows locked while it marks them `sending`, and the pre-send check needs `sending`: a mail
     is either cancelled before any claim, or claimed and never cancelled."""
-    cancelled = (
-        update(Message)
-        .where(Message.id == message_id, Message.status.in_(CANCELLABLE_STATUSES))
-        .values(status=MessageStatus.CANCELLED, updated_at=func.now())
-        .returning(Message.id)
-    )
-    ids = await _changed_with_history(
-        session, cancelled, kind="cancelled", detail=CANCELLED_DETAIL, cause=cause
-    )
-    if ids:
-        await webhooks.enqueue_email_events(session, message_ids=ids)  # email.cancelled
+    selection = Selection(ids=[message_id])
+    if await apply_to(session, transition=lifecycle.cancel(), selection=selection, cause=cause):
         return None
     status = await session.scalar(select(Message.status).where(Message.id == message_id))
     return MessageStatus(status) if status is not None else None
@@ -678,20 +905,6 @@ _CHECK = NamedStatement.of(
 )
 
 
-@dataclass(frozen=True)
-class Standing:
-    """What holds for a claimed mail right before SendEmail."""
-
-    expires_at: datetime | None
-    last_error: str | None
-    erased: bool
-    suppressed: str | None
-    opted_out: bool
-    # By the database's clock: the link expired; the mail is past its retry age.
-    expired: bool = False
-    too_old: bool = False
-
-
 async def check_before_send(
     connection: asyncpg.Connection, *, mails: Sequence[Claimed], max_age: timedelta
 ) -> dict[uuid.UUID, Standing]:
@@ -719,89 +932,12 @@ async def check_before_send(
 
 # -- finish ------------------------------------------------------------------------------
 
-# The outcomes of a batch and their history, in one statement (one round trip, one
-# transaction): at a hundred mails a second each batch is one mail, and SQLAlchemy's
-# transaction around two statements cost nearly as much CPU as the send. Fenced: a mail
-# whose claim another worker has taken since is left alone, and gets no event.
-_FINISH_SQL = """
-    WITH outcome AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
-            CAST(:next_attempts AS timestamptz[]), CAST(:ses_message_ids AS text[]),
-            CAST(:last_errors AS text[]), CAST(:kinds AS text[]), CAST(:details AS text[]),
-            CAST(:retry_ins AS float8[])
-        ) AS o(id, attempt, status, next_attempt_at, ses_message_id, last_error, kind, detail,
-            retry_in)
-    ),
-    finished AS (
-        UPDATE message AS m SET status = o.status,
-            -- A retry is due after its backoff by the database's clock (as every due time).
-            next_attempt_at = COALESCE(o.next_attempt_at,
-                now() + make_interval(secs => COALESCE(o.retry_in, 0))),
-            ses_message_id = COALESCE(o.ses_message_id, m.ses_message_id),
-            last_error = o.last_error,
-            -- When SES took it: a test key's mail is never sent, and never counts in the
-            -- reputation window of sends.
-            sent_at = CASE WHEN o.status = 'sent' AND o.ses_message_id IS NOT NULL THEN now()
-                ELSE m.sent_at END,
-            updated_at = now()
-        FROM outcome AS o
-        WHERE m.id = o.id AND m.status = 'sending' AND m.attempts = o.attempt
-        RETURNING m.id{returning}
-    ){events}
-    INSERT INTO message_event (message_id, kind, detail, cause)
-    SELECT o.id, o.kind, o.detail, 'worker' FROM outcome AS o JOIN finished USING (id)
-    RETURNING message_id
-    """
-_FINISH = NamedStatement.of(_FINISH_SQL.format(returning="", events=""))
-# With TEGAMI_WEBHOOK_URL set: the app's events (email.sent, ...) in the same statement.
-_FINISH_WITH_EVENTS = NamedStatement.of(
-    _FINISH_SQL.format(
-        returning=", m.kind, m.user_id, m.to_address, m.status, m.test, m.tags",
-        # A constant of the webhooks module: no value is formatted in.
-        events=", emails_changed AS (SELECT * FROM finished)," + webhooks.EMAIL_EVENTS_CTE,  # noqa: S608
-    )
-)
 
-
-@dataclass(frozen=True)
-class Result:
-    """What became of one claimed mail."""
-
-    message_id: uuid.UUID
-    attempt: int
-    status: MessageStatus
-    event: str
-    detail: str | None = None
-    ses_message_id: str | None = None
-    # When it is due again: at this time (the end of quiet hours), or ``retry_in`` seconds
-    # after the database's now(); neither: now.
-    next_attempt_at: datetime | None = None
-    retry_in: float | None = None
-
-    @property
-    def taken_by_ses(self) -> bool:
-        """SES took the mail (a test key's mail is `sent` without SES ever seeing it)."""
-        return self.status is MessageStatus.SENT and self.ses_message_id is not None
-
-
-async def finish(connection: asyncpg.Connection, *, results: Sequence[Result]) -> set[uuid.UUID]:
-    """Record the outcomes; returns the mails recorded (the others were lost to another
-    worker's claim, and nothing of them was written)."""
-    values: dict[str, Any] = {
-        "ids": [r.message_id for r in results],
-        "attempts": [r.attempt for r in results],
-        "statuses": [r.status.value for r in results],
-        "next_attempts": [r.next_attempt_at for r in results],
-        "retry_ins": [r.retry_in for r in results],
-        "ses_message_ids": [r.ses_message_id for r in results],
-        "last_errors": [None if r.status is MessageStatus.SENT else r.detail for r in results],
-        "kinds": [r.event for r in results],
-        "details": [r.ses_message_id or r.detail for r in results],
-    }
-    statement = _FINISH_WITH_EVENTS if webhooks.enabled() else _FINISH
-    rows = await connection.fetch(statement.sql, *statement.args(values))
-    return {row["message_id"] for row in rows}
+async def finish(connection: asyncpg.Connection, *, results: Sequence[Change]) -> set[uuid.UUID]:
+    """Record the worker's outcomes (one round trip: at a hundred mails a second each batch
+    is one mail); returns the mails recorded (the others were lost to another worker's
+    claim, and nothing of them was written)."""
+    return await apply(connection, changes=results, cause="worker")
 
 
 # Mails handed to SES whose outcome is not written yet keep their lease: no other worker claims
@@ -871,66 +1007,16 @@ async def find_for_feedback(
     return FeedbackTarget.of(row) if row is not None else None
 
 
-# The message's part of SES feedback, as CTEs that app.sns.feedback composes with the recipient
-# owner's into one statement: the SES MessageId (when the event beat the worker's record of
-# it), the status, and the history lines (with the feedback as data: the reputation watch
-# counts hard bounces and complaints by it). Needs the recipient owner's ``erased`` and
-# ``:erased_mark``: SES's text (a diagnostic quoting the address) about a person erased since is
-# recorded scrubbed.
-FEEDBACK_WRITES = """
-    changed AS (
-        UPDATE message SET
-            ses_message_id = COALESCE(ses_message_id, CAST(:ses_message_id AS text)),
-            status = COALESCE(CAST(:status AS text), status),
-            next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-            last_error = COALESCE(regexp_replace(CAST(:last_error AS text),
-                (SELECT pattern FROM erased), :erased_mark, 'gi'),
-                CAST(:last_error AS text), last_error),
-            updated_at = CASE WHEN CAST(:status AS text) IS NULL THEN updated_at ELSE now() END
-        WHERE id = CAST(:message_id AS uuid)
-            AND (CAST(:status AS text) IS NOT NULL OR ses_message_id IS NULL)
-    ),
-    history AS (
-        INSERT INTO message_event (message_id, kind, detail, cause, feedback)
-        SELECT CAST(:message_id AS uuid), kind,
-            COALESCE(regexp_replace(detail, (SELECT pattern FROM erased), :erased_mark, 'gi'),
-                detail),
-            :cause, feedback
-        FROM unnest(CAST(:event_kinds AS text[]), CAST(:event_details AS text[]),
-                CAST(:event_feedbacks AS text[]))
-            WITH ORDINALITY AS e(kind, detail, feedback, n)
-        WHERE CAST(:message_id AS uuid) IS NOT NULL
-        ORDER BY n
-    )"""
+# The message's part of SES feedback, composed by app.sns.feedback with the recipients' into
+# one statement: SES's text is recorded scrubbed of the addresses of people erased since
+# (the recipients' ``erased``).
+FEEDBACK = _apply_fragment(scrubbed=True)
 
 
-@dataclass(frozen=True)
-class HistoryLine:
-    kind: str
-    detail: str | None
-    feedback: str | None = None
-
-
-def feedback_values(
-    target: FeedbackTarget | None,
-    *,
-    ses_message_id: str,
-    history: Sequence[HistoryLine],
-    status: MessageStatus | None,
-    next_attempt_at: datetime | None,
-    last_error: str | None,
-) -> dict[str, Any]:
-    """The parameters of ``FEEDBACK_WRITES``; with no target, it writes nothing."""
-    return {
-        "message_id": target.id if target is not None else None,
-        "ses_message_id": ses_message_id if target is not None else None,
-        "status": status.value if status is not None else None,
-        "next_attempt_at": next_attempt_at,
-        "last_error": last_error,
-        "event_kinds": [line.kind for line in history] if target is not None else [],
-        "event_details": [line.detail for line in history] if target is not None else [],
-        "event_feedbacks": [line.feedback for line in history] if target is not None else [],
-    }
+def feedback_values(change: Change | None, *, cause: str) -> dict[str, Any]:
+    """The parameters of ``FEEDBACK``; with no change (no mail found), it writes nothing."""
+    rows = [_row(change.message_id, change.transition, None)] if change is not None else []
+    return _values(rows, cause=cause)
 
 
 # -- pausing sending for every replica ---------------------------------------------------
@@ -1007,62 +1093,51 @@ async def unthrottle(connection: asyncpg.Connection, *, quiet: float) -> bool:
 
 # -- erasure (app.erasure orchestrates it with the recipient's owner) ----------------------
 
-ERASED = "recipient erased"
+# Every mail of the recipient loses its address, params and the app's user id; free text
+# that quotes the address (``:m_pattern``, app.recipients.addresses.quoted_address_pattern's)
+# is scrubbed on the mails and their history.
+_WIPE = text(
+    """
+    UPDATE message SET to_address = NULL, params = NULL, user_id = NULL, updated_at = now()
+    WHERE recipient_id = :m_recipient_id
+        AND (to_address IS NOT NULL OR params IS NOT NULL OR user_id IS NOT NULL)
+    """
+)
+_SCRUB = text(
+    """
+    WITH errors AS (
+        UPDATE message SET last_error = regexp_replace(last_error, :m_pattern, :m_mark, 'gi')
+        WHERE recipient_id = :m_recipient_id AND last_error ~* :m_pattern
+    )
+    UPDATE message_event SET detail = regexp_replace(detail, :m_pattern, :m_mark, 'gi')
+    WHERE message_id IN (SELECT id FROM message WHERE recipient_id = :m_recipient_id)
+        AND detail ~* :m_pattern
+    """
+)
 
 
 async def erase_mail(session: AsyncSession, *, recipient_id: int, address: str, cause: str) -> bool:
-    """Erase a recipient's personal data from its mail: queued mail is not sent (failed, with
-    a history line), every mail loses its address, params and the app's user id, and free text
-    that quotes the address is scrubbed. True when anything was there to erase."""
-    mine = Message.recipient_id == recipient_id
-    stopped = (
-        await session.execute(
-            update(Message)
-            .where(mine, Message.status.in_((MessageStatus.QUEUED, MessageStatus.SCHEDULED)))
-            .values(status=MessageStatus.FAILED, last_error=ERASED, updated_at=func.now())
-            .returning(Message.id)
-        )
-    ).scalars()
-    stopped_ids = list(stopped)
-    session.add_all(
-        MessageEvent(message_id=message_id, kind="blocked", detail=ERASED, cause=cause)
-        for message_id in stopped_ids
+    """Erase a recipient's personal data from its mail: every mail loses its address, params
+    and the app's user id, mail not yet claimed is not sent (failed: the app hears
+    `email.failed`, without the address), and free text that quotes the address is
+    scrubbed. True when anything was there to erase."""
+    mine = {"m_recipient_id": recipient_id}
+    wiped = await session.execute(_WIPE, mine)
+    await apply_to(
+        session,
+        transition=lifecycle.erase(),
+        selection=Selection(recipient_id=recipient_id),
+        cause=cause,
     )
-    personal = or_(
-        Message.to_address.is_not(None), Message.params.is_not(None), Message.user_id.is_not(None)
-    )
-    wiped = await session.execute(
-        update(Message)
-        .where(mine, personal)
-        # null(): a bare None would be stored as the JSON value null, not SQL NULL.
-        .values(to_address=None, params=null(), user_id=None, updated_at=func.now())
-    )
-    # email.failed, once the address is gone: the app learns which of its mails will not go.
-    await webhooks.enqueue_email_events(session, message_ids=stopped_ids)
-    pattern = quoted_address_pattern(address)
-    await session.execute(
-        update(Message)
-        .where(mine, Message.last_error.regexp_match(pattern, "i"))
-        .values(last_error=Message.last_error.regexp_replace(pattern, ERASED_MARK, "gi"))
-    )
-    await session.execute(
-        update(MessageEvent)
-        .where(
-            MessageEvent.message_id.in_(select(Message.id).where(mine)),
-            MessageEvent.detail.regexp_match(pattern, "i"),
-        )
-        .values(detail=MessageEvent.detail.regexp_replace(pattern, ERASED_MARK, "gi"))
-    )
+    pattern = {"m_pattern": quoted_address_pattern(address), "m_mark": ERASED_MARK}
+    await session.execute(_SCRUB, mine | pattern)
     return bool(wiped.rowcount)  # type: ignore[attr-defined]
 
 
 # -- the reputation guard ----------------------------------------------------------------
 
-# Optional mail waits as `held` while the guard holds, and goes back to the queue after. These
-# run rarely (the guard's verdict changes, the purge every ten minutes): the ORM's expressions
-# on the caller's connection, each status change and its history in one statement.
-_HELD_DETAIL = "bounce or complaint rate over SES's review level"
-_RELEASED_DETAIL = "rates back under the review level"
+# Optional mail waits as `held` while the guard holds, and goes back to the queue after.
+GUARD_CAUSE = "reputation_guard"
 _FINAL_STATUSES = (
     MessageStatus.CANCELLED,
     MessageStatus.EXPIRED,
@@ -1071,85 +1146,39 @@ _FINAL_STATUSES = (
     MessageStatus.BOUNCED,
     MessageStatus.COMPLAINED,
 )
-_EVENT_COLUMNS = ("message_id", "kind", "detail", "cause")
-
-
-def _with_history(changed: Any, *, kind: str, detail: str, cause: str) -> Any:
-    """INSERT the history line of each message ``changed`` (an UPDATE … RETURNING id),
-    returning the messages' ids."""
-    rows = changed.cte(kind)
-    return (
-        insert(MessageEvent)
-        .from_select(
-            _EVENT_COLUMNS, select(rows.c.id, literal(kind), literal(detail), literal(cause))
-        )
-        .returning(MessageEvent.message_id)
-    )
-
-
-async def _changed_with_history(
-    connection: AsyncConnection | AsyncSession, changed: Any, *, kind: str, detail: str, cause: str
-) -> list[uuid.UUID]:
-    statement = _with_history(changed, kind=kind, detail=detail, cause=cause)
-    return list((await connection.execute(statement)).scalars())
 
 
 async def hold_optional(connection: AsyncConnection, *, categories: Iterable[Category]) -> int:
-    held = (
-        update(Message)
-        .where(Message.status == MessageStatus.QUEUED, Message.category.in_(list(categories)))
-        .values(status=MessageStatus.HELD, updated_at=func.now())
-        .returning(Message.id)
+    held = await apply_to(
+        connection,
+        transition=lifecycle.hold(),
+        selection=Selection(categories=categories),
+        cause=GUARD_CAUSE,
     )
-    ids = await _changed_with_history(
-        connection, held, kind="held", detail=_HELD_DETAIL, cause="reputation_guard"
-    )
-    await webhooks.enqueue_email_events(connection, message_ids=ids)  # email.held
-    return len(ids)
+    return len(held)
 
 
 async def release_held(
     connection: AsyncConnection,
     *,
     ids: Sequence[uuid.UUID] | None = None,
-    cause: str = "reputation_guard",
+    cause: str = GUARD_CAUSE,
 ) -> int:
     """Held mail (all of it, or ``ids``) back to the queue, due now."""
-    held = Message.status == MessageStatus.HELD
-    released = (
-        update(Message)
-        .where(held if ids is None else and_(held, Message.id.in_(ids)))
-        .values(status=MessageStatus.QUEUED, next_attempt_at=func.now(), updated_at=func.now())
-        .returning(Message.id)
+    transition = lifecycle.release(by_operator=cause != GUARD_CAUSE)
+    return len(
+        await apply_to(connection, transition=transition, selection=Selection(ids=ids), cause=cause)
     )
-    detail = _RELEASED_DETAIL if cause == "reputation_guard" else "released by an operator"
-    ids = await _changed_with_history(
-        connection, released, kind="released", detail=detail, cause=cause
-    )
-    return len(ids)
 
 
 async def discard_held(
     connection: AsyncConnection, *, ids: Sequence[uuid.UUID] | None, cause: str
 ) -> int:
     """Held mail (all of it, or ``ids``) is never sent: failed, with the operator's cause."""
-    held = Message.status == MessageStatus.HELD
-    discarded = (
-        update(Message)
-        .where(held if ids is None else and_(held, Message.id.in_(ids)))
-        .values(
-            status=MessageStatus.FAILED,
-            last_error="discarded by an operator",
-            params=null(),
-            updated_at=func.now(),
-        )
-        .returning(Message.id)
+    discarded = await apply_to(
+        connection, transition=lifecycle.discard(), selection=Selection(ids=ids), cause=cause
     )
-    ids = await _changed_with_history(
-        connection, discarded, kind="discarded", detail="discarded by an operator", cause=cause
-    )
-    await webhooks.enqueue_email_events(connection, message_ids=ids)  # email.failed
-    return len(ids)
+    return len(discarded)
 
 
 @dataclass(frozen=True)
@@ -1168,7 +1197,7 @@ async def held_mail(connection: AsyncConnection) -> list[HeldMail]:
     """Mail the reputation guard holds, oldest first."""
     last_hold = (
         select(MessageEvent.detail, MessageEvent.created_at)
-        .where(MessageEvent.message_id == Message.id, MessageEvent.kind == "held")
+        .where(MessageEvent.message_id == Message.id, MessageEvent.kind == Event.HELD)
         .order_by(MessageEvent.created_at.desc())
         .limit(1)
         .lateral("last_hold")

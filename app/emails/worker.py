@@ -21,16 +21,17 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import MailBackend, Settings
 from app.db import driver_connection
-from app.emails import outbox, scheduling
+from app.emails import lifecycle, outbox, scheduling
 from app.emails.catalog import EMAIL_KINDS
-from app.emails.outbox import OUTBOX_CHANNEL, PROCESS_ORIGIN, Claim, Claimed, Result, Standing
+from app.emails.lifecycle import Event, Standing
+from app.emails.outbox import OUTBOX_CHANNEL, PROCESS_ORIGIN, Change, Claim, Claimed
 from app.emails.rendering import SenderInfo, render_email
 from app.emails.sender import Outcome, OutgoingMail, Sender, SendError
 from app.models import MessageStatus
@@ -49,11 +50,6 @@ from app.unsubscribe.tokens import UnsubscribeClaim, make_token
 
 log = logging.getLogger(__name__)
 
-# Mail without a link lifetime is tried for a day at most (the operator's window to mend an
-# account SES paused), then failed with the last error.
-MAX_RETRY_AGE = timedelta(hours=24)
-# Backoff cap: once SES is back, every waiting mail goes out within this (plus jitter).
-MAX_BACKOFF_SECONDS = 30.0
 # While SES refuses the account, one mail is tried this often; the first that goes out
 # resumes sending.
 PROBE_SECONDS = 10.0
@@ -80,15 +76,6 @@ RATE_REREAD_SECONDS = 10.0
 # event loop) bunches with the next ones, and SES must still never see more than its rate
 # over any window (measured: 14.1/s over 10 s at 100 %; bench/README.md).
 PACING_MARGIN = 0.98
-
-
-def backoff_seconds(attempts: int) -> float:
-    """After an SES error: from 1 s, doubling, capped, with jitter (app.retry)."""
-    return backoff(attempts, first=1.0, cap=MAX_BACKOFF_SECONDS)
-
-
-def retry_deadline(message: Claimed) -> datetime:
-    return message.expires_at or message.created_at + MAX_RETRY_AGE
 
 
 class Worker:
@@ -281,7 +268,9 @@ class Worker:
         async def check() -> dict[uuid.UUID, Standing]:
             try:
                 async with driver_connection(self.engine) as conn:
-                    return await outbox.check_before_send(conn, mails=mails, max_age=MAX_RETRY_AGE)
+                    return await outbox.check_before_send(
+                        conn, mails=mails, max_age=lifecycle.MAX_RETRY_AGE
+                    )
             except Exception:
                 self.db_trouble()
                 raise
@@ -306,29 +295,17 @@ class Worker:
                     "could not renew leases", extra={"event": "renew_failed", "error": repr(exc)}
                 )
 
-    def _stopped(self, mail: Claimed, standing: Standing) -> Result | None:
+    def _stopped(self, mail: Claimed, standing: Standing) -> Change | None:
         """A result without sending (expired, suppressed, opted out, held, given up), or None
         to send: the rules as they stand right before SendEmail, times by the database's
         clock."""
-
-        def result(status: MessageStatus, event: str, detail: str | None) -> Result:
-            return Result(mail.id, mail.attempt, status, event, detail)
-
-        if standing.expired:
-            return result(MessageStatus.EXPIRED, "expired", "the link expired")
-        if standing.suppressed is not None:
-            return result(MessageStatus.FAILED, "blocked", f"suppressed: {standing.suppressed}")
-        if standing.opted_out and mail.category.optional:
-            return result(MessageStatus.FAILED, "blocked", f"opted_out: {mail.category}")
-        if standing.erased or mail.to_address is None or mail.params is None:
-            return result(MessageStatus.FAILED, "blocked", "recipient erased")
-        if self.reputation is not None and self.reputation.holds(mail.category):
-            return result(
-                MessageStatus.HELD, "held", "bounce or complaint rate over SES's review level"
-            )
-        if standing.expires_at is None and standing.too_old:
-            return result(MessageStatus.FAILED, "gave_up", standing.last_error or "not sent in 24h")
-        return None
+        transition = lifecycle.before_send(
+            standing,
+            category=mail.category,
+            has_content=mail.to_address is not None and mail.params is not None,
+            held=self.reputation is not None and self.reputation.holds(mail.category),
+        )
+        return Change(mail.id, transition, mail.attempt) if transition is not None else None
 
     def unsubscribe_url(self, mail: Claimed, now: datetime) -> str:
         claim = UnsubscribeClaim(
@@ -355,7 +332,7 @@ class Worker:
             tags={**mail.tags, "tegami_id": str(mail.id), "tegami_type": mail.kind},
         )
 
-    async def _send_at(self, mail: Claimed, when: float) -> Result:
+    async def _send_at(self, mail: Claimed, when: float) -> Change:
         delay = when - asyncio.get_running_loop().time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -363,18 +340,10 @@ class Worker:
         try:
             rendered = self.render(mail, now)
         except (KeyError, ValueError) as exc:
-            return Result(
-                mail.id, mail.attempt, MessageStatus.FAILED, "send_failed", f"render: {exc}"
-            )
+            return Change(mail.id, lifecycle.render_failed(str(exc)), mail.attempt)
         if mail.test:
             # A test key's mail: rendered (so it could be sent), recorded, never handed to SES.
-            return Result(
-                mail.id,
-                mail.attempt,
-                MessageStatus.SENT,
-                "sent",
-                "test key: rendered, not handed to SES",
-            )
+            return Change(mail.id, lifecycle.sent_as_test(), mail.attempt)
         started = time.perf_counter()
         try:
             ses_id = await self.sender.send(rendered)
@@ -395,50 +364,36 @@ class Worker:
                 "ses_message_id": ses_id,
             },
         )
-        return Result(mail.id, mail.attempt, MessageStatus.SENT, "sent", ses_message_id=ses_id)
+        return Change(mail.id, lifecycle.sent(ses_id), mail.attempt)
 
-    def _after_error(self, mail: Claimed, exc: SendError, now: datetime) -> Result:
-        reason = f"{exc.code}: {exc.message}"[:1000]
-        if exc.outcome is Outcome.PERMANENT:
+    def _after_error(self, mail: Claimed, exc: SendError, now: datetime) -> Change:
+        transition = lifecycle.after_error(
+            mail,
+            code=exc.code,
+            message=exc.message,
+            about_the_mail=exc.outcome is Outcome.PERMANENT,
+            about_the_account=exc.outcome is Outcome.PAUSED,
+            attempt=mail.attempt,
+            now=now,
+            quiet=self.quiet,
+        )
+        if transition.status is MessageStatus.FAILED and transition.event is Event.SEND_FAILED:
             log.warning(
                 "SES refused a mail",
                 extra={"event": "email_failed", "email_id": str(mail.id), "error": exc.code},
             )
-            return Result(mail.id, mail.attempt, MessageStatus.FAILED, "send_failed", reason)
-        if exc.outcome is Outcome.PAUSED:
-            # About the account, not the mail: it waits in the queue, and the gate stops
-            # every worker until a probe gets through (``_gate``).
-            wait = 0.0
-            event = "send_paused"
-        else:
-            wait = backoff_seconds(mail.attempt)
-            event = "send_retry"
-        next_attempt = now + timedelta(seconds=wait)
-        if next_attempt >= retry_deadline(mail):  # (the pre-send check judges it exactly)
-            status = MessageStatus.EXPIRED if mail.expires_at else MessageStatus.FAILED
-            return Result(mail.id, mail.attempt, status, "gave_up", reason)
-        SEND_RETRIES.labels(outcome=exc.outcome.value).inc()
-        log.info(
-            "SES send will be retried",
-            extra={
-                "event": "email_retry",
-                "email_id": str(mail.id),
-                "error": exc.code,
-                "retry_in": round(wait, 2),
-            },
-        )
-        detail = (
-            f"{reason} (sending paused)" if wait == 0 else f"{reason} (next attempt in {wait:.1f}s)"
-        )
-        status = MessageStatus.QUEUED
-        if mail.category.optional:
-            # An optional mail's retry that falls inside quiet hours waits for their end.
-            after = scheduling.after_quiet_hours(next_attempt, message_id=mail.id, quiet=self.quiet)
-            if after is not None:
-                status = MessageStatus.SCHEDULED
-                detail = f"{reason} (quiet hours: next attempt at {after.isoformat()})"
-                return Result(mail.id, mail.attempt, status, event, detail, next_attempt_at=after)
-        return Result(mail.id, mail.attempt, status, event, detail, retry_in=wait)
+        elif transition.status in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+            SEND_RETRIES.labels(outcome=exc.outcome.value).inc()
+            log.info(
+                "SES send will be retried",
+                extra={
+                    "event": "email_retry",
+                    "email_id": str(mail.id),
+                    "error": exc.code,
+                    "retry_in": round(transition.retry_in or 0.0, 2),
+                },
+            )
+        return Change(mail.id, transition, mail.attempt)
 
     def _throttled(self) -> None:
         """SES throttled a call: spread this worker's booked slots, halve every replica's
@@ -469,10 +424,10 @@ class Worker:
                 extra={"event": "ses_throttled", "rate": self.rate / 2},
             )
 
-    async def _gate(self, claim: Claim, results: list[Result]) -> None:
+    async def _gate(self, claim: Claim, results: list[Change]) -> None:
         """Pause sending for every worker on an error about the account; resume when a probe
         went out: only SES's own answer says so, never a test key's mail (sent without SES)."""
-        paused = next((r for r in results if r.event == "send_paused"), None)
+        paused = next((r for r in results if r.event is Event.SEND_PAUSED), None)
         try:
             if paused is not None:
                 async with driver_connection(self.engine) as conn:
@@ -674,13 +629,13 @@ class Recorder:
     def __init__(self, worker: Worker, mails: Sequence[Claimed]) -> None:
         self._worker = worker
         self._open = {mail.id: mail for mail in mails}
-        self._waiting: list[Result] = []
+        self._waiting: list[Change] = []
         self._arrived = asyncio.Event()
         self._closed = False
-        self.results: list[Result] = []
+        self.results: list[Change] = []
         self.recorded: set[uuid.UUID] = set()
 
-    def add(self, result: Result) -> None:
+    def add(self, result: Change) -> None:
         self._waiting.append(result)
         self.results.append(result)
         self._arrived.set()
@@ -712,7 +667,7 @@ class Recorder:
             if self._closed and not self._waiting:
                 return
 
-    async def _write(self, results: list[Result]) -> None:
+    async def _write(self, results: list[Change]) -> None:
         attempt = 0
         while True:
             try:
@@ -759,7 +714,7 @@ async def _first_of(*events: asyncio.Event, within: float | None = None) -> None
             waiter.cancel()
 
 
-def _count(results: list[Result], mails: list[Claimed]) -> None:
+def _count(results: list[Change], mails: list[Claimed]) -> None:
     kinds = {m.id: m.kind for m in mails}
     for result in results:
         kind = kinds.get(result.message_id, "unknown")
@@ -769,5 +724,4 @@ def _count(results: list[Result], mails: list[Claimed]) -> None:
             EMAILS_FAILED.labels(type=kind, reason="expired").inc()
         elif result.status is MessageStatus.FAILED:
             # The SES error code, or suppressed / opted_out / render: a small, fixed set.
-            reason = (result.detail or result.event).split(":")[0]
-            EMAILS_FAILED.labels(type=kind, reason=reason).inc()
+            EMAILS_FAILED.labels(type=kind, reason=result.transition.why or "unknown").inc()

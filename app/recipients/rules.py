@@ -1,13 +1,13 @@
 """The recipient rules of DESIGN.md as pure decisions: what one piece of feedback means for one
-address and for the message it is about. No I/O: ``app.sns.feedback`` reads the state and applies
-these. The input is this module's own ``Feedback`` (``app.sns.events`` maps SES's events to it),
-so the rules know nothing of SNS or SES payloads.
+address (and the status it proposes for the message, which app.emails.lifecycle settles). No
+I/O: ``app.sns.feedback`` reads the state and applies these. The input is this module's own
+``Feedback`` (``app.sns.events`` maps SES's events to it), so the rules know nothing of SNS or
+SES payloads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -29,22 +29,6 @@ class Feedback(StrEnum):
 
 # Three consecutive soft bounces suppress the address.
 SOFT_BOUNCE_LIMIT: Final = 3
-# A soft-bounced mail is sent again after this wait (SES has already retried for a while).
-RESEND_DELAY: Final = timedelta(minutes=5)
-
-# Feedback settles a message's status in this order; a later event never moves it back
-# (a late Delivery does not un-bounce a message). Pending statuses rank lowest.
-_RANK: Final[dict[MessageStatus, int]] = {
-    MessageStatus.QUEUED: 0,
-    MessageStatus.SENDING: 0,
-    MessageStatus.SENT: 0,
-    MessageStatus.DELIVERED: 1,
-    MessageStatus.BOUNCED: 2,
-    MessageStatus.FAILED: 2,
-    MessageStatus.COMPLAINED: 3,
-}
-# Only a mail SES has (or is being) handed can be sent again after a soft bounce.
-_RESENDABLE: Final = frozenset({MessageStatus.SENDING, MessageStatus.SENT})
 
 
 @dataclass(frozen=True)
@@ -94,34 +78,3 @@ def decide(feedback: Feedback, *, soft_bounce_count: int) -> Decision:
         return Decision(message_status=MessageStatus.FAILED)
     # Not-spam, DeliveryDelay, Send, Open, Click, Subscription: recorded on the message only.
     return Decision()
-
-
-def next_status(current: MessageStatus, proposed: MessageStatus) -> MessageStatus | None:
-    """The status feedback moves a message to, or None when it stays (out-of-order events)."""
-    current_rank = _RANK.get(current)
-    if current_rank is None:  # held or expired: never handed to SES, feedback cannot move it
-        return None
-    return proposed if _RANK[proposed] > current_rank else None
-
-
-@dataclass(frozen=True)
-class MessageChange:
-    status: MessageStatus
-    # Set when the message goes back to the outbox: when the worker sends it again.
-    next_attempt_at: datetime | None = None
-
-
-def message_change(
-    decision: Decision, *, status: MessageStatus, expires_at: datetime | None, now: datetime
-) -> MessageChange | None:
-    """What ``decision`` does to a message now in ``status``; None when nothing changes."""
-    if decision.message_status is None:
-        return None
-    if decision.resend:
-        if status is MessageStatus.QUEUED:
-            return None  # already going out again (the same soft bounce, reported twice)
-        when = now + RESEND_DELAY
-        if status in _RESENDABLE and (expires_at is None or when < expires_at):
-            return MessageChange(MessageStatus.QUEUED, next_attempt_at=when)
-    new = next_status(status, decision.message_status)
-    return MessageChange(new) if new is not None else None

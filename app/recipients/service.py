@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import NamedStatement
+from app.db import Fragment, NamedStatement
 from app.errors import NotFound
 from app.models import (
     AuditEvent,
@@ -477,24 +477,25 @@ async def soft_bounce_seen(
 # in the order they happened (counted, then suppressed), addresses in lock order.
 #
 # Provides ``erased`` (one row: ``pattern``, matching each of the event's addresses whose person
-# was erased, a recipient row with no address; NULL when none) and the parameter
-# ``:erased_mark``: the fragments composed after it scrub the free text they record or post
-# with them (``regexp_replace(text, (SELECT pattern FROM erased), :erased_mark, 'gi')``, NULL
-# when nothing is erased), as the erasure scrubbed what was stored before it. Read in the
-# statement's own snapshot, taken after the message's lock: an erasure of the message's
-# recipient has committed before it or waits for it, and then scrubs what it wrote.
-FEEDBACK_WRITES = """
+# was erased, a recipient row with no address; NULL when none), so that the fragments composed
+# after it can scrub the free text they record or post, as the erasure scrubbed what was
+# stored before it. Read in the statement's own snapshot, taken after the message's lock: an
+# erasure of the message's recipient has committed before it or waits for it, and then
+# scrubs what it wrote. Provides ``suppressions`` (address_hash, address, reason) and
+# ``suppressed`` (the address_hash of each suppression created) for the app's events.
+FEEDBACK = Fragment(
+    sql="""
     erased AS (
         SELECT string_agg('(?:' || e.pattern || ')', '|') AS pattern
-        FROM unnest(CAST(:address_hashes AS bytea[]), CAST(:address_patterns AS text[]))
+        FROM unnest(CAST(:r_address_hashes AS bytea[]), CAST(:r_address_patterns AS text[]))
             AS e(address_hash, pattern)
         JOIN recipient AS r USING (address_hash)
         WHERE r.address IS NULL
     ),
     counts AS (
         SELECT * FROM unnest(
-            CAST(:count_hashes AS bytea[]), CAST(:counts AS int[]),
-            CAST(:count_details AS text[]), CAST(:count_order AS int[])
+            CAST(:r_count_hashes AS bytea[]), CAST(:r_counts AS int[]),
+            CAST(:r_count_details AS text[]), CAST(:r_count_order AS int[])
         ) AS c(address_hash, count, detail, audit_order)
     ),
     counted AS (
@@ -503,31 +504,34 @@ FEEDBACK_WRITES = """
     ),
     suppressions AS (
         SELECT * FROM unnest(
-            CAST(:suppress_hashes AS bytea[]), CAST(:suppress_reasons AS text[]),
-            CAST(:suppress_order AS int[])
-        ) AS s(address_hash, reason, audit_order)
+            CAST(:r_suppress_hashes AS bytea[]), CAST(:r_suppress_addresses AS text[]),
+            CAST(:r_suppress_reasons AS text[]), CAST(:r_suppress_order AS int[])
+        ) AS s(address_hash, address, reason, audit_order)
     ),
     suppressed AS (
         -- The first cause is kept: an address already suppressed is not audited again.
         INSERT INTO suppression (address_hash, reason, cause, detail)
-        SELECT address_hash, reason, :cause, :address_detail FROM suppressions
+        SELECT address_hash, reason, CAST(:r_cause AS text), CAST(:r_detail AS text)
+        FROM suppressions
         ON CONFLICT (address_hash) DO NOTHING
         RETURNING address_hash
     ),
     audited AS (
         INSERT INTO audit_event (address_hash, action, reason, cause, detail)
-        SELECT address_hash, action, reason, :cause, detail FROM (
+        SELECT address_hash, action, reason, CAST(:r_cause AS text), detail FROM (
             SELECT address_hash, audit_order, NULL AS reason, detail,
                 CASE WHEN count > 0 THEN 'soft_bounce_counted'
                     ELSE 'soft_bounce_count_reset' END AS action
             FROM counts
             UNION ALL
             SELECT s.address_hash, s.audit_order, s.reason,
-                CAST(:address_detail AS text), 'suppressed'
+                CAST(:r_detail AS text), 'suppressed'
             FROM suppressions AS s JOIN suppressed USING (address_hash)
         ) AS lines
         ORDER BY audit_order
-    )"""
+    )""",
+    prefix="r_",
+)
 
 
 def feedback_values(
@@ -535,39 +539,40 @@ def feedback_values(
     *,
     addresses: Mapping[bytes, str],
     cause: str,
-    address_detail: str,
+    detail: str,
 ) -> dict[str, Any]:
-    """The parameters of ``FEEDBACK_WRITES``, for the decisions in lock order (``addresses``:
-    the event's, by hash)."""
+    """The parameters of ``FEEDBACK``, for the decisions in lock order (``addresses``: the
+    event's, by hash; ``detail``: what the audit trail says of the event, types only)."""
     values: dict[str, Any] = {
-        "address_hashes": list(addresses),
-        "address_patterns": [quoted_address_pattern(a) for a in addresses.values()],
-        "erased_mark": ERASED_MARK,
-        "cause": cause,
-        "address_detail": address_detail,
-        "count_hashes": [],
-        "counts": [],
-        "count_details": [],
-        "count_order": [],
-        "suppress_hashes": [],
-        "suppress_reasons": [],
-        "suppress_order": [],
+        "r_address_hashes": list(addresses),
+        "r_address_patterns": [quoted_address_pattern(a) for a in addresses.values()],
+        "r_cause": cause,
+        "r_detail": detail,
+        "r_count_hashes": [],
+        "r_counts": [],
+        "r_count_details": [],
+        "r_count_order": [],
+        "r_suppress_hashes": [],
+        "r_suppress_addresses": [],
+        "r_suppress_reasons": [],
+        "r_suppress_order": [],
     }
     for position, (hashed, decision) in enumerate(decisions.items()):
         count = decision.soft_bounce_count
         if count is not None:
-            values["count_hashes"].append(hashed)
-            values["counts"].append(count)
-            values["count_details"].append(
-                f"{address_detail}; {count} of {SOFT_BOUNCE_LIMIT}" if count else address_detail
+            values["r_count_hashes"].append(hashed)
+            values["r_counts"].append(count)
+            values["r_count_details"].append(
+                f"{detail}; {count} of {SOFT_BOUNCE_LIMIT}" if count else detail
             )
-            values["count_order"].append(2 * position)
+            values["r_count_order"].append(2 * position)
         if decision.suppress is not None:
-            values["suppress_hashes"].append(hashed)
-            values["suppress_reasons"].append(decision.suppress.value)
-            values["suppress_order"].append(2 * position + 1)
+            values["r_suppress_hashes"].append(hashed)
+            values["r_suppress_addresses"].append(addresses[hashed])
+            values["r_suppress_reasons"].append(decision.suppress.value)
+            values["r_suppress_order"].append(2 * position + 1)
     return values
 
 
 def changes_anything(values: Mapping[str, Any]) -> bool:
-    return bool(values["count_hashes"] or values["suppress_hashes"])
+    return bool(values["r_count_hashes"] or values["r_suppress_hashes"])

@@ -17,6 +17,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from app.emails.lifecycle import Event, Report
 from app.recipients.rules import Feedback
 
 
@@ -78,6 +79,18 @@ class SesEvent:
         if self.kind in (EventKind.REJECT, EventKind.RENDERING_FAILURE):
             return Feedback.FAILURE
         return Feedback.NOTED
+
+    @property
+    def report(self) -> Report:
+        """What the event says about the mail, for its history (app.emails.lifecycle)."""
+        return Report(
+            event=Event(self.kind.value),
+            feedback=self.feedback,
+            ses_message_id=self.ses_message_id,
+            ses_type=self.bounce_type or self.complaint_feedback_type,
+            ses_subtype=self.bounce_subtype,
+            diagnostic=self.detail,
+        )
 
 
 # eventType / notificationType -> (kind, key of the type-specific object in the message).

@@ -26,10 +26,10 @@ from typing import Any, Final
 
 import asyncpg
 
-from app.db import NamedStatement
-from app.emails import outbox
+from app.db import compose
+from app.emails import lifecycle, outbox
+from app.emails.lifecycle import Report, Transition
 from app.errors import AppError
-from app.models import MessageStatus
 from app.recipients import rules
 from app.recipients import service as recipients
 from app.recipients.addresses import address_hash, mask_address
@@ -37,7 +37,6 @@ from app.sns import service as sns
 from app.sns.events import EventKind, SesEvent, SesEventError, parse_ses_event
 from app.sns.service import SnsOutcome
 from app.webhooks import deliveries as webhooks
-from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +47,17 @@ _STATE_CHANGING_TYPES: Final = frozenset(
     {"Bounce", "Complaint", "Delivery", "Reject", "Rendering Failure"}
 )
 
-# Everything an event changes, in one statement: each owner's part, composed; with
-# TEGAMI_WEBHOOK_URL set, the app's events (email.bounced, recipient.suppressed, ...) too.
-_WRITES = "WITH" + recipients.FEEDBACK_WRITES + "," + outbox.FEEDBACK_WRITES
-_WRITE = NamedStatement.of(_WRITES + "\nSELECT 1")
-_WRITE_WITH_EVENTS = NamedStatement.of(_WRITES + "," + webhooks.FEEDBACK_EVENTS_CTE + "\nSELECT 1")
-# The event the app hears of, by SES event.
-_WEBHOOK_TYPES: Final = {
-    EventKind.DELIVERY: EventType.EMAIL_DELIVERED,
-    EventKind.DELIVERY_DELAY: EventType.EMAIL_DELIVERY_DELAYED,
-    EventKind.BOUNCE: EventType.EMAIL_BOUNCED,
-    EventKind.COMPLAINT: EventType.EMAIL_COMPLAINED,
-    EventKind.REJECT: EventType.EMAIL_FAILED,
-    EventKind.RENDERING_FAILURE: EventType.EMAIL_FAILED,
-}
+# Everything an event changes, in one statement composed from each owner's fragment (checked
+# as it is composed, at import); with TEGAMI_WEBHOOK_URL set, the app's events
+# (email.bounced, recipient.suppressed, ...) too.
+_WRITE = compose(recipients.FEEDBACK, outbox.FEEDBACK, select="SELECT 1")
+_WRITE_WITH_EVENTS = compose(
+    recipients.FEEDBACK,
+    outbox.FEEDBACK,
+    webhooks.email_events(),
+    webhooks.SUPPRESSED_EVENTS,
+    select="SELECT 1",
+)
 
 
 class UnreadableSesEvent(AppError):
@@ -243,75 +239,38 @@ async def _decide_and_write(
     }
     _log_decisions(feedback, decisions)
     cause = event_cause(event, sns_message_id=feedback.sns_message_id)
+    report = event.report
     address_values = recipients.feedback_values(
-        decisions,
-        addresses=feedback.addresses,
-        cause=cause,
-        address_detail=_address_detail(event),
+        decisions, addresses=feedback.addresses, cause=cause, detail=report.summary
     )
     if target is None and not recipients.changes_anything(address_values):
         return
-    values = address_values | _message_values(event, decisions, target=target, now=feedback.now)
-    statement = _WRITE
-    if webhooks.enabled():
-        statement = _WRITE_WITH_EVENTS
-        values |= _webhook_values(event, feedback.addresses, values["suppress_hashes"])
+    change = None
+    if target is not None:
+        change = outbox.Change(
+            target.id, _message_transition(report, decisions, target, feedback.now)
+        )
+    values = address_values | outbox.feedback_values(change, cause=cause)
+    statement = _WRITE_WITH_EVENTS if webhooks.enabled() else _WRITE
     await connection.execute(statement.sql, *statement.args(values))
 
 
-def _webhook_values(
-    event: SesEvent, addresses: Mapping[bytes, str], suppressed: list[bytes]
-) -> dict[str, Any]:
-    """The parameters of ``webhooks.FEEDBACK_EVENTS_CTE``."""
-    kind = _WEBHOOK_TYPES.get(event.kind)
-    extra: dict[str, str | None] = {}
-    diagnostic = None
-    if event.kind is EventKind.BOUNCE:
-        extra = {"ses_type": event.bounce_type, "ses_subtype": event.bounce_subtype}
-        diagnostic = event.detail
-    elif event.kind is EventKind.COMPLAINT:
-        extra = {"ses_type": event.complaint_feedback_type}
-    return {
-        "webhook_type": kind.value if kind is not None else None,
-        "webhook_extra": json.dumps(extra),
-        # Apart, as text: the statement scrubs an erased address from it.
-        "webhook_diagnostic": diagnostic,
-        "suppress_addresses": [addresses[h] for h in suppressed],
-    }
-
-
-def _message_values(
-    event: SesEvent,
+def _message_transition(
+    report: Report,
     decisions: Mapping[bytes, rules.Decision],
-    *,
-    target: outbox.FeedbackTarget | None,
+    target: outbox.FeedbackTarget,
     now: datetime,
-) -> dict[str, Any]:
-    """The message's part: its history, and its status when the event is about its latest
-    send (not an earlier send of a mail sent again since)."""
-    history = [outbox.HistoryLine(event.kind.value, _event_detail(event), event.feedback.value)]
-    change = None
-    if target is not None and target.ses_message_id in (None, event.ses_message_id):
+) -> Transition:
+    """What the event does to its mail; its status moves only when the event is about its
+    latest send (not an earlier send of a mail sent again since)."""
+    decision = None
+    if target.ses_message_id in (None, report.ses_message_id):
         # The message's own recipient; an event that does not name it judges it alone.
         decision = decisions.get(target.address_hash) or rules.decide(
-            event.feedback, soft_bounce_count=0
+            report.feedback, soft_bounce_count=0
         )
-        change = rules.message_change(
-            decision, status=target.status, expires_at=target.expires_at, now=now
-        )
-    last_error = None
-    if change is not None and change.next_attempt_at is not None:
-        when = change.next_attempt_at.isoformat()
-        history.append(outbox.HistoryLine("resend_scheduled", f"soft bounce: sent again at {when}"))
-    elif change is not None and change.status in (MessageStatus.FAILED, MessageStatus.BOUNCED):
-        last_error = _event_detail(event)
-    return outbox.feedback_values(
-        target,
-        ses_message_id=event.ses_message_id,
-        history=history,
-        status=change.status if change is not None else None,
-        next_attempt_at=change.next_attempt_at if change is not None else None,
-        last_error=last_error,
+    return lifecycle.after_feedback(
+        report, decision, status=target.status, expires_at=target.expires_at, now=now
     )
 
 
@@ -359,19 +318,3 @@ def _tagged_ids(event: SesEvent) -> list[uuid.UUID]:
         except ValueError:
             continue
     return tagged
-
-
-def _address_detail(event: SesEvent) -> str:
-    """What the audit trail says about the event: types only, never diagnostic text."""
-    if event.kind is EventKind.BOUNCE:
-        return f"bounce {event.bounce_type}/{event.bounce_subtype or '-'}"
-    if event.kind is EventKind.COMPLAINT:
-        return f"complaint {event.complaint_feedback_type or '-'}"
-    return event.kind.value
-
-
-def _event_detail(event: SesEvent) -> str | None:
-    if event.kind in (EventKind.BOUNCE, EventKind.COMPLAINT):
-        summary = _address_detail(event)
-        return f"{summary}: {event.detail}" if event.detail else summary
-    return event.detail

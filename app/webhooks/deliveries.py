@@ -4,9 +4,9 @@ became of each.
 Who asks what of it:
 - state changes record their event in their own transaction, so an event exists exactly when
   its change committed: ``enqueue`` (an asyncpg connection inside the caller's transaction),
-  ``enqueue_in_session`` (the ORM session a router commits), and, where the owner's hot path
-  is one combined statement, a SQL fragment it composes in (``EMAIL_EVENTS_CTE`` for
-  ``outbox.finish``, ``FEEDBACK_EVENTS_CTE`` for SES feedback);
+  ``enqueue_in_session`` (the ORM session a router commits), and, where the owner writes in
+  one combined statement, a fragment it composes in (``email_events`` for every change of a
+  mail the outbox applies, ``SUPPRESSED_EVENTS`` for SES feedback's suppressions);
 - the delivery loop claims due events (``claim_due``) and records each attempt
   (``record_attempt``), fenced by the attempt number like the outbox;
 - operators list them (``list_deliveries``) and send them again (``replay``).
@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from pydantic import BaseModel
-from sqlalchemy import delete, func, insert, literal, null, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db import NamedStatement
-from app.models import Message, WebhookDelivery
+from app.db import Fragment, NamedStatement
+from app.models import WebhookDelivery
 from app.webhooks.events import EventType
 
 _enabled = False
@@ -55,56 +54,57 @@ class DeliveryStatus(StrEnum):
 
 # -- recording events --------------------------------------------------------------------
 
-# For ``outbox.finish``: composed after a CTE ``emails_changed`` that returns the changed
-# messages' own columns ``id, kind, user_id, to_address, status, test, tags``. A retry
-# (back to queued) is not news to the app; the statuses below are.
-EMAIL_EVENTS_CTE = """
+# The `email.*` payload, built here only: each field of app.webhooks.events.EmailEventData and
+# the SQL it is read from, over the outbox's ``applied`` row ``a`` (the mail's new status, or
+# None when it keeps it; SES's fields) and the mail ``m`` as the statement found it. Adding a
+# field to every `email.*` event is one entry here (the model documents it; a test holds both
+# to one list).
+EMAIL_EVENT_FIELDS: Final = {
+    "email_id": "a.id",
+    "type": "m.kind",
+    "user_id": "m.user_id",
+    "address": "m.to_address",
+    "status": "COALESCE(a.status, m.status)",
+    "test": "m.test",
+    "tags": "m.tags",
+    "ses_type": "a.ses_type",
+    "ses_subtype": "a.ses_subtype",
+    "diagnostic": "a.diagnostic",
+}
+
+
+def email_events() -> Fragment:
+    """The `email.*` event of each mail the outbox changed (app.emails.outbox's ``applied``:
+    ``id``, ``status``, ``webhook_type`` (None: not news) and SES's fields)."""
+    fields = ", ".join(f"'{name}', {sql}" for name, sql in EMAIL_EVENT_FIELDS.items())
+    sql = f"""
     webhook_email_events AS (
         INSERT INTO webhook_delivery (type, data)
-        SELECT 'email.' || c.status, jsonb_build_object('email_id', c.id, 'type', c.kind,
-            'user_id', c.user_id, 'address', c.to_address, 'status', c.status,
-            'test', c.test, 'tags', c.tags,
-            'ses_type', NULL, 'ses_subtype', NULL, 'diagnostic', NULL)
-        FROM emails_changed AS c
-        WHERE c.status IN ('sent', 'failed', 'expired', 'held')
-    )"""
+        SELECT a.webhook_type, jsonb_build_object({fields})
+        FROM applied AS a JOIN message AS m USING (id)
+        WHERE a.webhook_type IS NOT NULL
+    )"""  # noqa: S608 (only the constant field list is formatted in)
+    return Fragment(sql=sql, prefix="w_", needs=frozenset({"applied"}))
 
-# For SES feedback's outcome statement: composed after its CTEs ``suppressions``
-# (address_hash, reason), ``suppressed`` (the address_hash of each suppression created) and
-# ``erased`` (``pattern``: the event's erased addresses, or NULL), with its parameters
-# ``:message_id``, ``:status`` (the message's new status, or NULL) and ``:erased_mark``, and
-# these of its own: ``:webhook_type`` (the email event, or NULL), ``:webhook_extra`` (jsonb:
-# SES's type and subtype), ``:webhook_diagnostic`` (SES's text, or NULL),
-# ``:suppress_addresses`` (beside ``:suppress_hashes``). The message is read as the
-# statement's snapshot saw it: its kind, user and address do not change here. About a person
-# erased since, nothing names the address: it is null, and scrubbed from the diagnostic.
-FEEDBACK_EVENTS_CTE = """
-    webhook_email_event AS (
-        INSERT INTO webhook_delivery (type, data)
-        SELECT CAST(:webhook_type AS text), jsonb_build_object('email_id', m.id,
-            'type', m.kind, 'user_id', m.user_id, 'address', m.to_address,
-            'status', COALESCE(CAST(:status AS text), m.status), 'test', m.test, 'tags', m.tags,
-            'ses_type', NULL, 'ses_subtype', NULL)
-            || COALESCE(CAST(:webhook_extra AS jsonb), '{}'::jsonb)
-            || jsonb_build_object('diagnostic', COALESCE(
-                regexp_replace(CAST(:webhook_diagnostic AS text),
-                    (SELECT pattern FROM erased), :erased_mark, 'gi'),
-                CAST(:webhook_diagnostic AS text)))
-        FROM message AS m
-        WHERE m.id = CAST(:message_id AS uuid) AND CAST(:webhook_type AS text) IS NOT NULL
-    ),
+
+# SES feedback's `recipient.suppressed`: one per suppression the recipients' owner created
+# (its ``suppressions``: address_hash, address, reason; ``suppressed``: the address_hash of
+# each created). About a person erased (a recipient row with no address) it names no address.
+SUPPRESSED_EVENTS = Fragment(
+    sql="""
     webhook_suppressed_events AS (
         INSERT INTO webhook_delivery (type, data)
         SELECT 'recipient.suppressed', jsonb_build_object(
             'address', CASE WHEN r.id IS NOT NULL AND r.address IS NULL THEN NULL
-                ELSE a.address END,
+                ELSE s.address END,
             'user_id', r.user_id, 'reason', s.reason, 'category', NULL)
-        FROM unnest(CAST(:suppress_hashes AS bytea[]), CAST(:suppress_addresses AS text[]))
-            AS a(address_hash, address)
+        FROM suppressions AS s
         JOIN suppressed USING (address_hash)
-        JOIN suppressions AS s USING (address_hash)
         LEFT JOIN recipient AS r USING (address_hash)
-    )"""
+    )""",
+    prefix="w_",
+    needs=frozenset({"suppressions", "suppressed"}),
+)
 
 _ENQUEUE = NamedStatement.of(
     "INSERT INTO webhook_delivery (type, data) VALUES (:type, CAST(:data AS jsonb))"
@@ -120,24 +120,6 @@ async def enqueue(connection: asyncpg.Connection, *, type: EventType, data: Base
     """Record an event inside the caller's transaction on asyncpg's connection."""
     if _enabled:
         await connection.execute(_ENQUEUE.sql, type.value, json.dumps(_data(data)))
-
-
-async def enqueue_email_events(
-    executor: AsyncConnection | AsyncSession, *, message_ids: Sequence[uuid.UUID]
-) -> None:
-    """Record `email.<status>` for each of these messages as they now stand (a bulk change:
-    the reputation guard holding mail, an operator discarding it, an erasure failing it), in
-    the caller's transaction."""
-    if not _enabled or not message_ids:
-        return
-    data = func.jsonb_build_object(
-        "email_id", Message.id, "type", Message.kind, "user_id", Message.user_id,
-        "address", Message.to_address, "status", Message.status, "test", Message.test,
-        "tags", Message.tags,
-        "ses_type", null(), "ses_subtype", null(), "diagnostic", null(),
-    )  # fmt: skip
-    events = select(literal("email.") + Message.status, data).where(Message.id.in_(message_ids))
-    await executor.execute(insert(WebhookDelivery).from_select(["type", "data"], events))
 
 
 async def enqueue_in_session(session: AsyncSession, *, type: EventType, data: BaseModel) -> None:

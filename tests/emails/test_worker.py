@@ -13,8 +13,9 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import create_engine
+from app.emails.lifecycle import MAX_BACKOFF_SECONDS
 from app.emails.sender import Outcome, classify_ses_error, open_sender
-from app.emails.worker import MAX_BACKOFF_SECONDS, Worker
+from app.emails.worker import Worker
 from app.models import Message, MessageEvent, SuppressionReason
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
 from app.models import MessageStatus, SuppressionReason
 from app.recipients import rules
-from app.recipients.rules import Decision, MessageChange, message_change, next_status
+from app.recipients.rules import Decision
 from app.sns.events import EventKind, SesEvent
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -106,56 +106,3 @@ def test_unknown_bounce_type_bounces_the_message_without_judging_the_address() -
     assert decide(bounce("Mystery"), soft_bounce_count=2) == Decision(
         message_status=MessageStatus.BOUNCED
     )
-
-
-# -- message status: out-of-order events never move a status back ------------------------
-
-
-@pytest.mark.parametrize(
-    ("current", "proposed", "expected"),
-    [
-        (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.DELIVERED),
-        (MessageStatus.SENDING, MessageStatus.BOUNCED, MessageStatus.BOUNCED),
-        (MessageStatus.DELIVERED, MessageStatus.BOUNCED, MessageStatus.BOUNCED),
-        (MessageStatus.DELIVERED, MessageStatus.COMPLAINED, MessageStatus.COMPLAINED),
-        (MessageStatus.BOUNCED, MessageStatus.DELIVERED, None),
-        (MessageStatus.COMPLAINED, MessageStatus.DELIVERED, None),
-        (MessageStatus.COMPLAINED, MessageStatus.BOUNCED, None),
-        (MessageStatus.FAILED, MessageStatus.DELIVERED, None),
-        (MessageStatus.DELIVERED, MessageStatus.DELIVERED, None),
-        (MessageStatus.HELD, MessageStatus.DELIVERED, None),
-        (MessageStatus.EXPIRED, MessageStatus.BOUNCED, None),
-    ],
-)
-def test_next_status(
-    current: MessageStatus, proposed: MessageStatus, expected: MessageStatus | None
-) -> None:
-    assert next_status(current, proposed) is expected
-
-
-SOFT = Decision(soft_bounce_count=1, message_status=MessageStatus.BOUNCED, resend=True)
-
-
-def test_soft_bounced_message_is_queued_again_after_the_delay() -> None:
-    change = message_change(SOFT, status=MessageStatus.SENT, expires_at=None, now=NOW)
-    assert change == MessageChange(MessageStatus.QUEUED, next_attempt_at=NOW + rules.RESEND_DELAY)
-
-
-def test_soft_bounced_message_that_would_expire_first_is_bounced() -> None:
-    expires = NOW + rules.RESEND_DELAY - timedelta(seconds=1)
-    change = message_change(SOFT, status=MessageStatus.SENT, expires_at=expires, now=NOW)
-    assert change == MessageChange(MessageStatus.BOUNCED)
-
-
-def test_soft_bounce_repeated_while_the_message_waits_changes_nothing() -> None:
-    assert message_change(SOFT, status=MessageStatus.QUEUED, expires_at=None, now=NOW) is None
-
-
-def test_soft_bounce_after_delivery_bounces_without_resending() -> None:
-    change = message_change(SOFT, status=MessageStatus.DELIVERED, expires_at=None, now=NOW)
-    assert change == MessageChange(MessageStatus.BOUNCED)
-
-
-def test_late_delivery_does_not_unbounce() -> None:
-    delivered = decide(event(EventKind.DELIVERY), soft_bounce_count=0)
-    assert message_change(delivered, status=MessageStatus.BOUNCED, expires_at=None, now=NOW) is None
