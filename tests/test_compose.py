@@ -75,4 +75,3 @@ def test_each_owner_uses_only_its_own_parameters() -> None:
     ):
         assert fragment.params == fragment.own_params
         assert all(name.startswith(prefix) for name in fragment.params)
-
