@@ -68,7 +68,7 @@ def test_a_missing_piece_fails_to_compose(fragments: tuple[Fragment, ...], compl
 
 def test_each_owner_uses_only_its_own_parameters() -> None:
     for fragment, prefix in (
-        (recipients.FEEDBACK, "r_"),
+        (recipients.DECISIONS, "r_"),
         (outbox.FEEDBACK, "m_"),
         (webhooks.email_events(), "w_"),
         (webhooks.SUPPRESSED_EVENTS, "w_"),

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import Fragment, NamedStatement
+from app.db import Fragment, NamedStatement, compose
 from app.errors import NotFound
 from app.models import (
     AuditEvent,
@@ -103,28 +103,19 @@ async def suppress(
     reason: SuppressionReason,
     cause: str,
     detail: str | None = None,
+    tell_app: bool = True,
 ) -> bool:
-    """Suppress the address for every category. False when it already was (first cause kept)."""
-    statement = (
-        insert(Suppression)
-        .values(address_hash=address_hash, reason=reason, cause=cause, detail=detail)
-        .on_conflict_do_nothing(index_elements=[Suppression.address_hash])
-        .returning(Suppression.address_hash)
+    """Suppress the address for every category. False when it already was (first cause kept).
+    The app hears `recipient.suppressed` unless ``tell_app`` is False."""
+    values = decision_values(
+        {address_hash: Decision(suppress=reason)},
+        addresses={address_hash: None},
+        cause=cause,
+        detail=detail,
     )
-    created = (await session.execute(statement)).scalar_one_or_none() is not None
-    if created:
-        await record_audit(
-            session,
-            address_hash=address_hash,
-            action="suppressed",
-            reason=reason,
-            cause=cause,
-            detail=detail,
-        )
-        await _tell_app(
-            session, type=EventType.RECIPIENT_SUPPRESSED, address_hash=address_hash, reason=reason
-        )
-    return created
+    statement = _DECIDE_WITH_EVENTS if tell_app and webhooks.enabled() else _DECIDE
+    created = (await session.execute(text(statement.source), values)).first()
+    return created is not None
 
 
 # The cause of suppressions brought in from SES's account-level suppression list.
@@ -356,22 +347,13 @@ async def suppress_for_erasure(session: AsyncSession, *, address_hash: bytes, ca
     """Keep the erased person from mail for good, before SES's own list lets the address go
     (it may be their only suppression). An address already suppressed keeps its first reason.
     No `recipient.suppressed` for the app: it hears `recipient.erased`."""
-    statement = (
-        insert(Suppression)
-        .values(address_hash=address_hash, reason=SuppressionReason.ERASED, cause=cause)
-        .on_conflict_do_nothing(index_elements=[Suppression.address_hash])
-        .returning(Suppression.address_hash)
+    return await suppress(
+        session,
+        address_hash=address_hash,
+        reason=SuppressionReason.ERASED,
+        cause=cause,
+        tell_app=False,
     )
-    created = (await session.execute(statement)).scalar_one_or_none() is not None
-    if created:
-        await record_audit(
-            session,
-            address_hash=address_hash,
-            action="suppressed",
-            reason=SuppressionReason.ERASED,
-            cause=cause,
-        )
-    return created
 
 
 @dataclass(frozen=True)
@@ -473,8 +455,10 @@ async def soft_bounce_seen(
     )
 
 
-# Each address's count, suppression and audit lines. ``audit_order`` keeps each address's lines
-# in the order they happened (counted, then suppressed), addresses in lock order.
+# The one statement shape of the recipients' changes (``rules.Decision``s): each address's
+# count, suppression and audit lines; an API's suppression is one decision through it, SES
+# feedback composes it with the outbox's. ``audit_order`` keeps each address's lines in the
+# order they happened (counted, then suppressed), addresses in lock order.
 #
 # Provides ``erased`` (one row: ``pattern``, matching each of the event's addresses whose person
 # was erased, a recipient row with no address; NULL when none), so that the fragments composed
@@ -483,7 +467,7 @@ async def soft_bounce_seen(
 # erasure of the message's recipient has committed before it or waits for it, and then
 # scrubs what it wrote. Provides ``suppressions`` (address_hash, address, reason) and
 # ``suppressed`` (the address_hash of each suppression created) for the app's events.
-FEEDBACK = Fragment(
+DECISIONS = Fragment(
     sql="""
     erased AS (
         SELECT string_agg('(?:' || e.pattern || ')', '|') AS pattern
@@ -534,18 +518,21 @@ FEEDBACK = Fragment(
 )
 
 
-def feedback_values(
+def decision_values(
     decisions: Mapping[bytes, Decision],
     *,
-    addresses: Mapping[bytes, str],
+    addresses: Mapping[bytes, str | None],
     cause: str,
-    detail: str,
+    detail: str | None,
 ) -> dict[str, Any]:
-    """The parameters of ``FEEDBACK``, for the decisions in lock order (``addresses``: the
-    event's, by hash; ``detail``: what the audit trail says of the event, types only)."""
+    """The parameters of ``DECISIONS``, for the decisions in lock order (``addresses``: as
+    given, by hash, None when unknown; ``detail``: what the audit trail says of the change,
+    for feedback types only)."""
     values: dict[str, Any] = {
         "r_address_hashes": list(addresses),
-        "r_address_patterns": [quoted_address_pattern(a) for a in addresses.values()],
+        "r_address_patterns": [
+            quoted_address_pattern(a) if a is not None else None for a in addresses.values()
+        ],
         "r_cause": cause,
         "r_detail": detail,
         "r_count_hashes": [],
@@ -563,7 +550,7 @@ def feedback_values(
             values["r_count_hashes"].append(hashed)
             values["r_counts"].append(count)
             values["r_count_details"].append(
-                f"{detail}; {count} of {SOFT_BOUNCE_LIMIT}" if count else detail
+                f"{detail}; {count} of {SOFT_BOUNCE_LIMIT}" if count and detail else detail
             )
             values["r_count_order"].append(2 * position)
         if decision.suppress is not None:
@@ -576,3 +563,10 @@ def feedback_values(
 
 def changes_anything(values: Mapping[str, Any]) -> bool:
     return bool(values["r_count_hashes"] or values["r_suppress_hashes"])
+
+
+# Decisions made outside SES feedback (an API's suppression): the same shape, on its own.
+_DECIDE = compose(DECISIONS, select="SELECT address_hash FROM suppressed")
+_DECIDE_WITH_EVENTS = compose(
+    DECISIONS, webhooks.SUPPRESSED_EVENTS, select="SELECT address_hash FROM suppressed"
+)

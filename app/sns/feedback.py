@@ -50,9 +50,9 @@ _STATE_CHANGING_TYPES: Final = frozenset(
 # Everything an event changes, in one statement composed from each owner's fragment (checked
 # as it is composed, at import); with TEGAMI_WEBHOOK_URL set, the app's events
 # (email.bounced, recipient.suppressed, ...) too.
-_WRITE = compose(recipients.FEEDBACK, outbox.FEEDBACK, select="SELECT 1")
+_WRITE = compose(recipients.DECISIONS, outbox.FEEDBACK, select="SELECT 1")
 _WRITE_WITH_EVENTS = compose(
-    recipients.FEEDBACK,
+    recipients.DECISIONS,
     outbox.FEEDBACK,
     webhooks.email_events(),
     webhooks.SUPPRESSED_EVENTS,
@@ -240,7 +240,7 @@ async def _decide_and_write(
     _log_decisions(feedback, decisions)
     cause = event_cause(event, sns_message_id=feedback.sns_message_id)
     report = event.report
-    address_values = recipients.feedback_values(
+    address_values = recipients.decision_values(
         decisions, addresses=feedback.addresses, cause=cause, detail=report.summary
     )
     if target is None and not recipients.changes_anything(address_values):

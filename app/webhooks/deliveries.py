@@ -87,16 +87,16 @@ def email_events() -> Fragment:
     return Fragment(sql=sql, prefix="w_", needs=frozenset({"applied"}))
 
 
-# SES feedback's `recipient.suppressed`: one per suppression the recipients' owner created
-# (its ``suppressions``: address_hash, address, reason; ``suppressed``: the address_hash of
-# each created). About a person erased (a recipient row with no address) it names no address.
+# `recipient.suppressed`, one per suppression the recipients' owner created (its
+# ``suppressions``: address_hash, address (as given, or None), reason; ``suppressed``: the
+# address_hash of each created). It names the address held for the recipient, so about a
+# person erased (a recipient row with no address) none.
 SUPPRESSED_EVENTS = Fragment(
     sql="""
     webhook_suppressed_events AS (
         INSERT INTO webhook_delivery (type, data)
         SELECT 'recipient.suppressed', jsonb_build_object(
-            'address', CASE WHEN r.id IS NOT NULL AND r.address IS NULL THEN NULL
-                ELSE s.address END,
+            'address', CASE WHEN r.id IS NOT NULL THEN r.address ELSE s.address END,
             'user_id', r.user_id, 'reason', s.reason, 'category', NULL)
         FROM suppressions AS s
         JOIN suppressed USING (address_hash)
