@@ -365,17 +365,24 @@ def next_status(current: MessageStatus, proposed: MessageStatus) -> MessageStatu
     return proposed if _RANK[proposed] > current_rank else None
 
 
+class SentMail(Protocol):
+    """The mail SES's feedback is about (app.emails.outbox.FeedbackTarget)."""
+
+    @property
+    def status(self) -> MessageStatus: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def ses_message_id(self) -> str | None: ...  # its latest send's; None: not recorded yet
+
+
 def after_feedback(
-    report: Report,
-    decision: Decision | None,
-    *,
-    status: MessageStatus,
-    expires_at: datetime | None,
-    now: datetime,
+    report: Report, decision: Decision, *, mail: SentMail, now: datetime
 ) -> Transition:
-    """What SES's feedback does to a mail now in ``status``: always a history line; a new
-    status when ``decision`` (the rules for its recipient; None: the event is about an
-    earlier send of a mail sent again since) moves it; sent again after a soft bounce."""
+    """What SES's feedback does to a mail: always a history line; a new status when
+    ``decision`` (the rules for its recipient) moves it, unless the event is about an
+    earlier send of a mail sent again since; sent again after a soft bounce."""
+    status, expires_at = mail.status, mail.expires_at
     noted = Transition(
         None,
         report.event,
@@ -384,7 +391,7 @@ def after_feedback(
         ses_message_id=report.ses_message_id,
         report=report,
     )
-    if decision is None or decision.message_status is None:
+    if mail.ses_message_id not in (None, report.ses_message_id) or not decision.message_status:
         return noted
     if decision.resend:
         if status is MessageStatus.QUEUED:

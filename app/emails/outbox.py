@@ -82,7 +82,7 @@ _FIRST_ANSWER = NamedStatement.of(
 
 # The whole accept in one statement (one round trip, one snapshot): an earlier request with
 # this Idempotency-Key, the address's block (suppression, or opt-out of this category), and,
-# only when there is neither, the recipient upsert, the message, its 'accepted' event and the
+# only when there is neither, the recipient upsert, the message, its `accepted` event and the
 # NOTIFY that wakes workers in other replicas once the transaction commits.
 _ACCEPT = NamedStatement.of(
     """
@@ -135,7 +135,7 @@ _ACCEPT = NamedStatement.of(
     ),
     accepted_event AS (
         INSERT INTO message_event (message_id, kind, cause)
-        SELECT id, 'accepted', CAST(:cause AS text) FROM inserted
+        SELECT id, CAST(:accepted AS text), CAST(:cause AS text) FROM inserted
         RETURNING message_id
     )
     SELECT block.suppressed, block.opted_out,
@@ -207,6 +207,7 @@ async def accept(connection: asyncpg.Connection, *, mail: NewMail) -> Accepting:
         "request_hash": mail.request_hash,
         "test": mail.test,
         "cause": mail.cause,
+        "accepted": Event.ACCEPTED.value,
         "channel": OUTBOX_CHANNEL,
         "origin": PROCESS_ORIGIN,
     }
@@ -235,7 +236,7 @@ async def first_answer(
 
 # A batch of mails of one type in one statement (one round trip, one transaction): per item,
 # the address's block, then for the items neither refused nor blocked the recipients, the
-# messages and their 'accepted' events; the answer of every item in order; and with an
+# messages and their `accepted` events; the answer of every item in order; and with an
 # Idempotency-Key, that answer stored for a retry (a retry finds it in ``existing`` and
 # accepts nothing). Two requests with one key at once: the second's INSERT INTO send_batch
 # violates the key's uniqueness once the first commits, so its whole statement is undone and
@@ -294,7 +295,7 @@ _ACCEPT_BATCH = NamedStatement.of(
     ),
     accepted_event AS (
         INSERT INTO message_event (message_id, kind, cause)
-        SELECT id, 'accepted', CAST(:cause AS text) FROM inserted
+        SELECT id, CAST(:accepted AS text), CAST(:cause AS text) FROM inserted
         RETURNING message_id
     ),
     answer AS (
@@ -387,6 +388,7 @@ async def accept_batch(
         "lifetime": lifetime.total_seconds() if lifetime is not None else None,
         "test": test,
         "cause": cause,
+        "accepted": Event.ACCEPTED.value,
         "channel": OUTBOX_CHANNEL,
         "origin": PROCESS_ORIGIN,
     }
@@ -1013,9 +1015,11 @@ async def find_for_feedback(
 FEEDBACK = _apply_fragment(scrubbed=True)
 
 
-def feedback_values(change: Change | None, *, cause: str) -> dict[str, Any]:
-    """The parameters of ``FEEDBACK``; with no change (no mail found), it writes nothing."""
-    rows = [_row(change.message_id, change.transition, None)] if change is not None else []
+def feedback_values(
+    target: FeedbackTarget | None, transition: Transition | None, *, cause: str
+) -> dict[str, Any]:
+    """The parameters of ``FEEDBACK``; with no mail found, it writes nothing."""
+    rows = [_row(target.id, transition, None)] if target and transition else []
     return _values(rows, cause=cause)
 
 

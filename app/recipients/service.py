@@ -8,6 +8,7 @@ outbox's into app.sns.feedback's one statement).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,10 +29,12 @@ from app.models import (
     Suppression,
     SuppressionReason,
 )
-from app.recipients.addresses import ERASED_MARK, quoted_address_pattern
+from app.recipients.addresses import ERASED_MARK, mask_address, quoted_address_pattern
 from app.recipients.rules import SOFT_BOUNCE_LIMIT, Decision
 from app.webhooks import deliveries as webhooks
 from app.webhooks.events import EventType, RecipientErasedData, RecipientEventData
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_recipient(
@@ -447,12 +450,19 @@ async def lock_soft_bounce_counts(
 
 
 async def soft_bounce_seen(
-    connection: asyncpg.Connection, *, hashes: Sequence[bytes], feedback_id: str
+    connection: asyncpg.Connection, *, hashes: Sequence[bytes], feedback_id: str | None
 ) -> bool:
-    """This soft bounce (SES's feedbackId) was counted already, under another SNS MessageId."""
-    return bool(
-        await connection.fetchval(_SOFT_BOUNCE_SEEN.sql, list(hashes), f" feedback:{feedback_id}")
-    )
+    """This soft bounce (SES's feedbackId) was counted already, under another SNS MessageId
+    (checked under the recipients' locks, so a concurrent repeat sees the first)."""
+    if feedback_id is None:
+        return False
+    suffix = f" feedback:{feedback_id}"
+    seen = bool(await connection.fetchval(_SOFT_BOUNCE_SEEN.sql, list(hashes), suffix))
+    if seen:
+        log.info(
+            "soft bounce already counted (same feedbackId)", extra={"feedback_id": feedback_id}
+        )
+    return seen
 
 
 # The one statement shape of the recipients' changes (``rules.Decision``s): each address's
@@ -545,6 +555,7 @@ def decision_values(
         "r_suppress_order": [],
     }
     for position, (hashed, decision) in enumerate(decisions.items()):
+        _log_decision(decision, address=addresses[hashed], cause=cause, detail=detail)
         count = decision.soft_bounce_count
         if count is not None:
             values["r_count_hashes"].append(hashed)
@@ -559,6 +570,22 @@ def decision_values(
             values["r_suppress_reasons"].append(decision.suppress.value)
             values["r_suppress_order"].append(2 * position + 1)
     return values
+
+
+def _log_decision(
+    decision: Decision, *, address: str | None, cause: str, detail: str | None
+) -> None:
+    if decision.suppress is not None or decision.soft_bounce_count:
+        log.info(
+            "a decision applied to an address",
+            extra={
+                "event": detail,
+                "to": mask_address(address) if address is not None else None,
+                "suppressed": decision.suppress,
+                "soft_bounce_count": decision.soft_bounce_count,
+                "cause": cause,
+            },
+        )
 
 
 def changes_anything(values: Mapping[str, Any]) -> bool:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from app.emails.lifecycle import Event, Report
+from app.errors import AppError
+from app.recipients.addresses import address_hash
 from app.recipients.rules import Feedback
 
 
@@ -36,6 +39,11 @@ class EventKind(StrEnum):
 
 class SesEventError(ValueError):
     """Not an SES event we understand (the HTTP layer answers 400 or records it as ignored)."""
+
+
+class UnreadableSesEvent(AppError):
+    status_code = 400
+    code = "unreadable_ses_event"
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,31 @@ class SesEvent:
             return Feedback.FAILURE
         return Feedback.NOTED
 
+    def cause(self, *, sns_message_id: str) -> str:
+        """How the audit trail and the mail's history name this event."""
+        cause = f"sns:{sns_message_id}"
+        return f"{cause} feedback:{self.feedback_id}" if self.feedback_id else cause
+
+    def addresses(self, *, secret: str) -> dict[bytes, str]:
+        """The recipients it names, one per address hash (Taro@ and taro@ are one), in
+        hash order: the order their rows are locked in."""
+        addresses: dict[bytes, str] = {}
+        for address in self.recipients:
+            addresses.setdefault(address_hash(address, secret=secret), address)
+        return dict(sorted(addresses.items()))
+
+    @property
+    def tagged_ids(self) -> list[uuid.UUID]:
+        """The tegami ids the mail was tagged with (found by them when the event beat the
+        worker's record of the SES MessageId)."""
+        tagged: list[uuid.UUID] = []
+        for tag in self.tags.get("tegami_id", ()):
+            try:
+                tagged.append(uuid.UUID(tag))
+            except ValueError:
+                continue
+        return tagged
+
     @property
     def report(self) -> Report:
         """What the event says about the mail, for its history (app.emails.lifecycle)."""
@@ -122,6 +155,35 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # Diagnostic codes can run to a paragraph; the full payload is kept elsewhere by the caller.
 _DETAIL_MAX = 1000
+
+
+# SES types whose loss would change who gets mail: one we cannot read is refused (400),
+# never quietly ignored. Anything else we cannot read (a test "Hello world", SES's
+# AmazonSnsSubscriptionSucceeded notice, a future type) is recorded as ignored.
+_STATE_CHANGING_TYPES: Final = frozenset(
+    {"Bounce", "Complaint", "Delivery", "Reject", "Rendering Failure"}
+)
+
+
+def read_ses_event(message: str) -> SesEvent | None:
+    """The SES event in an SNS ``Message``; None when it is nothing we act on."""
+    try:
+        return parse_ses_event(message)
+    except SesEventError as exc:
+        if _ses_type(message) in _STATE_CHANGING_TYPES:
+            raise UnreadableSesEvent(f"the SES event cannot be read: {exc}") from exc
+        return None
+
+
+def _ses_type(message: str) -> str | None:
+    try:
+        data = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    name = data.get("eventType", data.get("notificationType"))
+    return name if isinstance(name, str) else None
 
 
 def parse_ses_event(message: str | Mapping[str, Any]) -> SesEvent:

@@ -1,55 +1,32 @@
 """Applying one verified SES notification: once per SNS MessageId, then DESIGN's rules.
 
-Parse (``app.sns.events``) → claim the MessageId (``app.sns.service``) → ``rules.decide`` once
-per address → write, in one transaction: the recipients' counts, suppressions and audit
-(``app.recipients.service``) and the message's status and history (``app.emails.outbox``).
-The writes are one statement composed from the two owners' fragments: on the SNS hot path a
-round trip costs more than the work (bench/NOTES.md).
-
-Most events (hard bounces, complaints, deliveries to an address with no soft bounce counted)
-take two statements: claim and find; write. Soft bounces, and deliveries that reset a count,
-take the locked path: the recipients are locked in address-hash order and then the message,
-so concurrent feedback for one address counts one after the other and two events naming the
-same addresses cannot deadlock.
+Parse (``app.sns.events``) → claim the MessageId (``app.sns.service``) → the rules per address
+(``app.recipients.rules``) and the mail's transition (``app.emails.lifecycle``) → one statement
+composed from the owners' fragments: on this hot path a round trip costs more than the work.
+Soft bounces, and deliveries that reset a count, lock the recipients (in hash order, then the
+message): concurrent feedback for one address counts one after the other, without deadlock.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
 
-from app.db import compose
+from app.db import compose, generic_plan_transaction
 from app.emails import lifecycle, outbox
-from app.emails.lifecycle import Report, Transition
-from app.errors import AppError
 from app.recipients import rules
 from app.recipients import service as recipients
-from app.recipients.addresses import address_hash, mask_address
 from app.sns import service as sns
-from app.sns.events import EventKind, SesEvent, SesEventError, parse_ses_event
+from app.sns.events import EventKind, SesEvent, read_ses_event
 from app.sns.service import SnsOutcome
 from app.webhooks import deliveries as webhooks
 
-log = logging.getLogger(__name__)
-
-# SES types whose loss would change who gets mail: one we cannot read is refused (400),
-# never quietly ignored. Anything else we cannot read (a test "Hello world", SES's
-# AmazonSnsSubscriptionSucceeded notice, a future type) is recorded as ignored.
-_STATE_CHANGING_TYPES: Final = frozenset(
-    {"Bounce", "Complaint", "Delivery", "Reject", "Rendering Failure"}
-)
-
-# Everything an event changes, in one statement composed from each owner's fragment (checked
-# as it is composed, at import); with TEGAMI_WEBHOOK_URL set, the app's events
-# (email.bounced, recipient.suppressed, ...) too.
+# Everything an event changes, composed (and checked) at import; with TEGAMI_WEBHOOK_URL set,
+# the app's events (email.bounced, recipient.suppressed, ...) too.
 _WRITE = compose(recipients.DECISIONS, outbox.FEEDBACK, select="SELECT 1")
 _WRITE_WITH_EVENTS = compose(
     recipients.DECISIONS,
@@ -60,36 +37,16 @@ _WRITE_WITH_EVENTS = compose(
 )
 
 
-class UnreadableSesEvent(AppError):
-    status_code = 400
-    code = "unreadable_ses_event"
+@dataclass(frozen=True)
+class _Feedback:
+    event: SesEvent
+    message: Mapping[str, Any]  # the SNS notification
+    addresses: dict[bytes, str]  # by hash, in lock order
+    now: datetime
 
 
-def read_ses_event(message: str) -> SesEvent | None:
-    """The SES event in an SNS ``Message``; None when it is nothing we act on."""
-    try:
-        return parse_ses_event(message)
-    except SesEventError as exc:
-        if _ses_type(message) in _STATE_CHANGING_TYPES:
-            raise UnreadableSesEvent(f"the SES event cannot be read: {exc}") from exc
-        return None
-
-
-def _ses_type(message: str) -> str | None:
-    try:
-        data = json.loads(message)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    name = data.get("eventType", data.get("notificationType"))
-    return name if isinstance(name, str) else None
-
-
-def event_cause(event: SesEvent, *, sns_message_id: str) -> str:
-    """How the audit trail and the message history name this event."""
-    cause = f"sns:{sns_message_id}"
-    return f"{cause} feedback:{event.feedback_id}" if event.feedback_id else cause
+class _NeedsRecipientLocks(Exception):
+    """Raised inside the fast path's transaction to roll it back and take the locked path."""
 
 
 async def apply_notification(
@@ -100,221 +57,93 @@ async def apply_notification(
     now: datetime,
     on_reputation_event: Callable[[], None] | None = None,
 ) -> SnsOutcome:
-    """Apply one verified Notification, once per SNS MessageId; committed when it returns.
-
-    ``connection`` is asyncpg's (``app.db.driver_connection``), outside any transaction.
-    ``on_reputation_event`` is called once a hard bounce or a complaint is committed: they
-    move the rates SES reviews the account by.
-    """
+    """Apply one verified Notification, once per SNS MessageId, on asyncpg's connection
+    outside any transaction; committed when it returns. ``on_reputation_event``: called once
+    a hard bounce or a complaint (they move the rates SES reviews) is committed."""
     event = read_ses_event(message["Message"])
     if event is None:
-        # One statement: its own transaction.
-        if not await sns.record_sns_message(
-            connection, message=message, outcome=SnsOutcome.IGNORED
-        ):
-            return SnsOutcome.DUPLICATE
-        log.info(
-            "SNS notification is not SES feedback we act on; ignored",
-            extra={"sns_message_id": message["MessageId"], "topic_arn": message["TopicArn"]},
-        )
-        return SnsOutcome.IGNORED
-    outcome = await _apply(connection, event, message=message, secret=secret, now=now)
+        return await sns.record_ignored(connection, message=message)
+    feedback = _Feedback(event, message, event.addresses(secret=secret), now)
+    outcome = None
+    if not event.is_soft_bounce:
+        try:
+            async with generic_plan_transaction(connection):
+                outcome = await _unlocked(connection, feedback)
+        except _NeedsRecipientLocks:
+            pass  # rolled back: nothing of it was kept
+    if outcome is None:
+        async with generic_plan_transaction(connection):
+            outcome = await _locked(connection, feedback)
     moves_rates = event.kind is EventKind.COMPLAINT or event.is_hard_bounce
     if outcome is SnsOutcome.APPLIED and on_reputation_event is not None and moves_rates:
         on_reputation_event()
     return outcome
 
 
-async def _apply(
-    connection: asyncpg.Connection,
-    event: SesEvent,
-    *,
-    message: Mapping[str, Any],
-    secret: str,
-    now: datetime,
-) -> SnsOutcome:
-    addresses = _addresses(event, secret=secret)
-    feedback = _Feedback(event, message["MessageId"], addresses, now)
-    if not event.is_soft_bounce:
-        try:
-            async with _transaction(connection):
-                return await _apply_unlocked(connection, feedback, message=message)
-        except _NeedsRecipientLocks:
-            pass  # rolled back: nothing of it was kept
-    async with _transaction(connection):
-        return await _apply_locked(connection, feedback, message=message)
-
-
-@dataclass(frozen=True)
-class _Feedback:
-    event: SesEvent
-    sns_message_id: str
-    # One entry per address hash (Taro@ and taro@ are one recipient).
-    addresses: dict[bytes, str]
-    now: datetime
-
-
-def _addresses(event: SesEvent, *, secret: str) -> dict[bytes, str]:
-    addresses: dict[bytes, str] = {}
-    for address in event.recipients:
-        addresses.setdefault(address_hash(address, secret=secret), address)
-    return addresses
-
-
-class _NeedsRecipientLocks(Exception):
-    """Raised inside the fast path's transaction to roll it back and take the locked path."""
-
-
-async def _apply_unlocked(
-    connection: asyncpg.Connection, feedback: _Feedback, *, message: Mapping[str, Any]
-) -> SnsOutcome:
-    """Events that change no soft-bounce count: claim and find; write.
-
-    A Delivery resets the count, but only an address whose count is above 0 needs it: read
-    without a lock, a 0 means no soft bounce had committed, so this Delivery is ordered
-    before any still in flight and leaves the count alone. Above 0, the locked path runs.
-    """
+async def _unlocked(connection: asyncpg.Connection, feedback: _Feedback) -> SnsOutcome:
+    """Events that change no soft-bounce count: claim and find; write. A Delivery whose
+    addresses read 0 (no soft bounce committed: it is ordered before any in flight) too."""
     event = feedback.event
     claimed = await sns.claim_and_find(
         connection,
-        message=message,
-        hashes=sorted(feedback.addresses),
+        message=feedback.message,
+        hashes=list(feedback.addresses),
         ses_message_id=event.ses_message_id,
-        tagged_ids=_tagged_ids(event),
+        tagged_ids=event.tagged_ids,
     )
     if claimed is None:
         return SnsOutcome.DUPLICATE
     if event.kind is EventKind.DELIVERY and claimed.highest_soft_bounce_count > 0:
         raise _NeedsRecipientLocks
     target = outbox.FeedbackTarget.of(claimed.message) if claimed.message is not None else None
-    counts = dict.fromkeys(feedback.addresses, 0)
-    await _decide_and_write(connection, feedback, counts=counts, target=target)
+    await _write(connection, feedback, dict.fromkeys(feedback.addresses, 0), target)
     return SnsOutcome.APPLIED
 
 
-async def _apply_locked(
-    connection: asyncpg.Connection, feedback: _Feedback, *, message: Mapping[str, Any]
-) -> SnsOutcome:
-    """Soft bounces, and Deliveries that reset a count: the recipients are locked (in hash
-    order, then the message), so concurrent feedback for one address counts one after the
-    other. DUPLICATE also for a repeat of a soft bounce already counted (same feedbackId)."""
-    event = feedback.event
+async def _locked(connection: asyncpg.Connection, feedback: _Feedback) -> SnsOutcome:
+    """Soft bounces, and Deliveries that reset a count. DUPLICATE also for a soft bounce
+    counted already (same feedbackId: checked under the locks, so a repeat sees the first)."""
+    event, message, hashes = feedback.event, feedback.message, list(feedback.addresses)
     if not await sns.record_sns_message(connection, message=message, outcome=SnsOutcome.APPLIED):
         return SnsOutcome.DUPLICATE
     counts = await recipients.lock_soft_bounce_counts(
         connection, addresses=feedback.addresses, create=event.is_soft_bounce
     )
-    # Checked under the locks, so a concurrent repeat waits and then sees the first.
-    if (
-        event.is_soft_bounce
-        and event.feedback_id
-        and await recipients.soft_bounce_seen(
-            connection, hashes=sorted(feedback.addresses), feedback_id=event.feedback_id
-        )
+    if event.is_soft_bounce and await recipients.soft_bounce_seen(
+        connection, hashes=hashes, feedback_id=event.feedback_id
     ):
-        log.info(
-            "soft bounce already counted (same feedbackId)",
-            extra={"sns_message_id": feedback.sns_message_id, "feedback_id": event.feedback_id},
-        )
         return SnsOutcome.DUPLICATE
     target = await outbox.find_for_feedback(
-        connection, ses_message_id=event.ses_message_id, tagged_ids=_tagged_ids(event)
+        connection, ses_message_id=event.ses_message_id, tagged_ids=event.tagged_ids
     )
-    await _decide_and_write(connection, feedback, counts=counts, target=target)
+    await _write(connection, feedback, counts, target)
     return SnsOutcome.APPLIED
 
 
-async def _decide_and_write(
+async def _write(
     connection: asyncpg.Connection,
     feedback: _Feedback,
-    *,
     counts: Mapping[bytes, int],
     target: outbox.FeedbackTarget | None,
 ) -> None:
-    """DESIGN's rules for each address (in lock order) and the message, then one write."""
-    event = feedback.event
+    """The rules for each address (in lock order) and the mail's transition; one write."""
+    event, report = feedback.event, feedback.event.report
     decisions = {
         hashed: rules.decide(event.feedback, soft_bounce_count=counts.get(hashed, 0))
-        for hashed in sorted(feedback.addresses)
+        for hashed in feedback.addresses
     }
-    _log_decisions(feedback, decisions)
-    cause = event_cause(event, sns_message_id=feedback.sns_message_id)
-    report = event.report
-    address_values = recipients.decision_values(
+    cause = event.cause(sns_message_id=feedback.message["MessageId"])
+    values = recipients.decision_values(
         decisions, addresses=feedback.addresses, cause=cause, detail=report.summary
     )
-    if target is None and not recipients.changes_anything(address_values):
+    if target is None and not recipients.changes_anything(values):
         return
-    change = None
+    transition = None
     if target is not None:
-        change = outbox.Change(
-            target.id, _message_transition(report, decisions, target, feedback.now)
-        )
-    values = address_values | outbox.feedback_values(change, cause=cause)
+        # The mail's own recipient; an event that does not name it judges it alone.
+        alone = rules.decide(event.feedback, soft_bounce_count=0)
+        own = decisions.get(target.address_hash) or alone
+        transition = lifecycle.after_feedback(report, own, mail=target, now=feedback.now)
+    values |= outbox.feedback_values(target, transition, cause=cause)
     statement = _WRITE_WITH_EVENTS if webhooks.enabled() else _WRITE
     await connection.execute(statement.sql, *statement.args(values))
-
-
-def _message_transition(
-    report: Report,
-    decisions: Mapping[bytes, rules.Decision],
-    target: outbox.FeedbackTarget,
-    now: datetime,
-) -> Transition:
-    """What the event does to its mail; its status moves only when the event is about its
-    latest send (not an earlier send of a mail sent again since)."""
-    decision = None
-    if target.ses_message_id in (None, report.ses_message_id):
-        # The message's own recipient; an event that does not name it judges it alone.
-        decision = decisions.get(target.address_hash) or rules.decide(
-            report.feedback, soft_bounce_count=0
-        )
-    return lifecycle.after_feedback(
-        report, decision, status=target.status, expires_at=target.expires_at, now=now
-    )
-
-
-def _log_decisions(feedback: _Feedback, decisions: Mapping[bytes, rules.Decision]) -> None:
-    for hashed, decision in decisions.items():
-        if decision.suppress is not None or decision.soft_bounce_count:
-            log.info(
-                "SES feedback applied to an address",
-                extra={
-                    "event": feedback.event.kind.value,
-                    "to": mask_address(feedback.addresses[hashed]),
-                    "suppressed": decision.suppress,
-                    "soft_bounce_count": decision.soft_bounce_count,
-                    "sns_message_id": feedback.sns_message_id,
-                },
-            )
-
-
-@contextlib.asynccontextmanager
-async def _transaction(connection: asyncpg.Connection) -> AsyncIterator[None]:
-    """A transaction whose prepared statements run on their generic plans.
-
-    Left to choose, PostgreSQL re-plans the statements with arrays and CTEs above on every
-    execution (it estimates their generic plan dearer), which costs more than running them:
-    1.9 ms of PostgreSQL CPU per event instead of 1.0 (bench/NOTES.md). Every statement here
-    looks rows up by key. Set with BEGIN in one round trip, and for this transaction only:
-    the accept statement runs three times slower on its generic plan.
-    """
-    await connection.execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
-    try:
-        yield
-    except Exception:
-        # When this fails too, app.db.driver_connection discards the connection.
-        with contextlib.suppress(Exception):
-            await connection.execute("ROLLBACK")
-        raise
-    await connection.execute("COMMIT")
-
-
-def _tagged_ids(event: SesEvent) -> list[uuid.UUID]:
-    tagged: list[uuid.UUID] = []
-    for tag in event.tags.get("tegami_id", ()):
-        try:
-            tagged.append(uuid.UUID(tag))
-        except ValueError:
-            continue
-    return tagged

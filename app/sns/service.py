@@ -84,6 +84,20 @@ async def record_sns_message(
     return claimed is not None
 
 
+async def record_ignored(
+    connection: asyncpg.Connection, *, message: Mapping[str, Any]
+) -> SnsOutcome:
+    """A notification that is not SES feedback we act on: recorded (one statement, its own
+    transaction) so that a repeat is a duplicate."""
+    if not await record_sns_message(connection, message=message, outcome=SnsOutcome.IGNORED):
+        return SnsOutcome.DUPLICATE
+    log.info(
+        "SNS notification is not SES feedback we act on; ignored",
+        extra={"sns_message_id": message["MessageId"], "topic_arn": message["TopicArn"]},
+    )
+    return SnsOutcome.IGNORED
+
+
 # The fast path of SES feedback, its first statement: claim the MessageId and, only then, find
 # and lock the message it is about (as app.emails.outbox.find_for_feedback does), with the
 # highest soft-bounce count among the event's addresses (read without a lock). No row: a

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from app.emails.lifecycle import Event
 from app.models import Category, MessageStatus
 from app.recipients.addresses import normalize_address
 from app.recipients.rules import Feedback
@@ -82,7 +83,7 @@ class MailFacts:
                 return event
         return None
 
-    def last_event(self, kind: str) -> EventFact | None:
+    def last_event(self, kind: Event) -> EventFact | None:
         for event in reversed(self.events):
             if event.kind == kind:
                 return event
@@ -249,7 +250,7 @@ def decide(facts: PersonFacts) -> Verdict:
             "数分待ってから、受信箱と迷惑メールフォルダを確認してもらってください。" + step_carrier,
         )
     if status == MessageStatus.DELIVERED:
-        delivered = mail.last_event("delivery")
+        delivered = mail.last_event(Event.DELIVERY)
         at = _when(delivered.created_at) if delivered is not None else "送信後"
         return Verdict(
             VerdictKind.DELIVERED,
@@ -280,7 +281,7 @@ def decide(facts: PersonFacts) -> Verdict:
             "必要であれば、アプリからもう一度送信してもらってください。",
         )
     # failed
-    blocked = mail.last_event("blocked")
+    blocked = mail.last_event(Event.BLOCKED)
     if blocked is not None:
         # Stopped by the check right before sending; what stopped it has since gone (or the
         # verdicts above would have said so).

@@ -36,8 +36,6 @@ class EventType(StrEnum):
 
 
 EMAIL_EVENTS = tuple(t for t in EventType if t.value.startswith("email."))
-# The message statuses the worker records that the app hears of (a retry is not news).
-WORKER_STATUSES = ("sent", "failed", "expired", "held")
 
 
 # SES's documented values (Bounce.bounceType, Complaint.complaintFeedbackType), so the app can

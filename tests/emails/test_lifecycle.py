@@ -264,12 +264,21 @@ DELIVERED = Report(Event.DELIVERY, Feedback.DELIVERY, "0100-abc")
 
 
 def feedback(
-    decision: Decision | None,
+    decision: Decision,
     status: MessageStatus,
     expires_at: datetime | None = None,
     report: Report = SOFT_BOUNCE,
+    sent_as: str | None = "0100-abc",
 ) -> Transition:
-    return after_feedback(report, decision, status=status, expires_at=expires_at, now=NOW)
+    mail = Sent(status, expires_at, sent_as)
+    return after_feedback(report, decision, mail=mail, now=NOW)
+
+
+@dataclass(frozen=True)
+class Sent:
+    status: MessageStatus
+    expires_at: datetime | None
+    ses_message_id: str | None
 
 
 def test_soft_bounced_message_is_queued_again_after_the_delay() -> None:
@@ -312,8 +321,12 @@ def test_late_delivery_does_not_unbounce() -> None:
 
 
 def test_feedback_about_an_earlier_send_is_only_recorded() -> None:
-    change = feedback(None, MessageStatus.SENT)
+    change = feedback(SOFT, MessageStatus.SENT, sent_as="0100-sent-again")
     assert change.status is None and change.ses_message_id == "0100-abc"
+
+
+def test_feedback_that_beat_the_record_of_the_send_moves_the_status() -> None:
+    assert feedback(SOFT, MessageStatus.SENDING, sent_as=None).status is MessageStatus.QUEUED
 
 
 @pytest.mark.parametrize(
