@@ -96,3 +96,98 @@ def test_only_the_owner_writes_a_table() -> None:
 )
 def test_the_check_sees_each_way_of_writing(source: str, tables: set[str]) -> None:
     assert writes(source) == tables
+
+
+# -- a mail's status changes only through app.emails.lifecycle's transitions -----------------
+
+# Where a mail's status may be set: the outbox's one apply, which takes lifecycle's
+# Transitions, and the claim, which marks the mails it takes `sending` (the lease a worker
+# holds while it sends, fenced by the attempt, not a rule's outcome). A new one is a second
+# rule: write a transition in lifecycle.py and hand it to outbox.apply instead.
+STATUS_SETTERS: set[tuple[str, str]] = {
+    ("app/emails/outbox.py", "_apply_fragment"),
+    ("app/emails/outbox.py", "_CLAIM"),
+}
+
+_MESSAGE_SET = re.compile(
+    r"\bUPDATE\s+message\b(?:\s+AS\s+\w+)?\s+SET\s+((?:(?!\b(?:WHERE|FROM|RETURNING)\b).)*)",
+    re.IGNORECASE | re.DOTALL,
+)
+_SETS_STATUS = re.compile(r"(?:^|,)\s*status\s*=", re.IGNORECASE)
+
+
+def _updates_message(node: ast.AST) -> bool:
+    """``node`` is a call chain that starts with ``update(Message)``."""
+    while isinstance(node, ast.Call | ast.Attribute):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None)
+            first = node.args[0] if node.args else None
+            if name == "update" and isinstance(first, ast.Name) and first.id == "Message":
+                return True
+            node = node.func
+        else:
+            node = node.value
+    return False
+
+
+def _sets_status(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return any(_SETS_STATUS.search(m) for m in _MESSAGE_SET.findall(node.value))
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "values":
+        keys = [k.arg for k in node.keywords]
+        return "status" in keys and _updates_message(node.func)
+    if isinstance(node, ast.Assign):
+        return any(isinstance(t, ast.Attribute) and t.attr == "status" for t in node.targets)
+    return False
+
+
+def status_setters(source: str) -> set[str]:
+    """The module-level names (functions, constants) whose code sets a mail's status."""
+    found: set[str] = set()
+    for statement in ast.parse(source).body:
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            name = statement.name
+        elif isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+            name = statement.targets[0].id
+        else:
+            name = "<module>"
+        if any(_sets_status(node) for node in ast.walk(statement)):
+            found.add(name)
+    return found
+
+
+def test_a_mails_status_is_set_only_through_the_outboxs_apply() -> None:
+    setters = {
+        (str(path.relative_to(APP.parent)), name)
+        for path in sorted(APP.rglob("*.py"))
+        for name in status_setters(path.read_text(encoding="utf-8"))
+    }
+    assert setters == STATUS_SETTERS
+
+
+def test_the_apply_takes_lifecycles_transitions() -> None:
+    import typing
+
+    from app.emails import outbox
+    from app.emails.lifecycle import Transition
+
+    assert typing.get_type_hints(outbox.Change)["transition"] is Transition
+    assert typing.get_type_hints(outbox.apply_to)["transition"] is Transition
+    changes = typing.get_type_hints(outbox.apply)["changes"]
+    assert typing.get_args(changes) == (outbox.Change,)
+
+
+@pytest.mark.parametrize(
+    ("source", "setters"),
+    [
+        ('X = text("UPDATE message SET status = :s WHERE id = :id")', {"X"}),
+        ('X = """\n  UPDATE message AS m\n  SET attempts = 1, status = \'sending\'"""', {"X"}),
+        ("def f():\n    return update(Message).where(w).values(status=s)", {"f"}),
+        ("async def f(m):\n    m.status = 'sent'", {"f"}),
+        ("X = \"UPDATE message AS m SET last_error = NULL WHERE m.status = 'sent'\"", set()),
+        ('X = "UPDATE send_pacer SET status = 1"', set()),
+        ("def f():\n    return update(WebhookDelivery).values(status=s)", set()),
+    ],
+)
+def test_the_status_check_sees_each_way_of_setting_it(source: str, setters: set[str]) -> None:
+    assert status_setters(source) == setters
