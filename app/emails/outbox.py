@@ -460,7 +460,6 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "uuid"),
     ("attempt", "int"),
     ("status", "text"),
-    ("leaves", "text"),
     ("next_attempt_at", "timestamptz"),
     ("retry_in", "float8"),
     ("last_error", "text"),
@@ -470,14 +469,18 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("taken", "boolean"),
     ("kind", "text"),
     ("detail", "text"),
+    # SES feedback's only (``feedback=True``): its data, the follow-up line
     ("feedback", "text"),
     ("then_kind", "text"),
     ("then_detail", "text"),
+    # The app's events' only (``events=True``)
     ("webhook_type", "text"),
     ("ses_type", "text"),
     ("ses_subtype", "text"),
     ("diagnostic", "text"),
 )
+_FEEDBACK_COLUMNS = frozenset({"feedback", "then_kind", "then_detail"})
+_EVENT_COLUMNS = frozenset({"webhook_type", "ses_type", "ses_subtype", "diagnostic"})
 
 
 def _row(message_id: uuid.UUID | None, t: Transition, attempt: int | None) -> tuple[Any, ...]:
@@ -486,7 +489,6 @@ def _row(message_id: uuid.UUID | None, t: Transition, attempt: int | None) -> tu
         message_id,
         attempt,
         t.status.value if t.status is not None else None,
-        ",".join(sorted(t.leaves)) if t.leaves is not None else None,
         t.next_attempt_at,
         t.retry_in,
         t.last_error,
@@ -506,49 +508,73 @@ def _row(message_id: uuid.UUID | None, t: Transition, attempt: int | None) -> tu
     )
 
 
-def _values(rows: Sequence[tuple[Any, ...]], *, cause: str) -> dict[str, Any]:
-    """The parameters of ``_apply_fragment``: one array per column, one element per row."""
+def _values(
+    changes: Sequence[tuple[uuid.UUID | None, Transition, int | None]], *, cause: str
+) -> dict[str, Any]:
+    """The parameters of ``_apply_fragment``: one array per column, one element per change,
+    and the statuses the transitions may leave (one set per statement: the worker's all leave
+    `sending`; the others apply one transition)."""
+    leaves = {t.leaves for _, t, _ in changes}
+    if len(leaves) > 1:
+        raise ValueError("one statement applies transitions that leave the same statuses")
+    left = next(iter(leaves), None)
+    rows = [_row(*change) for change in changes]
     columns = list(zip(*rows, strict=True)) or [()] * len(_COLUMNS)
     values: dict[str, Any] = {
         f"m_{name}": list(column) for (name, _), column in zip(_COLUMNS, columns, strict=True)
     }
+    values["m_leaves"] = sorted(left) if left is not None else None
     values["m_cause"] = cause
     values["m_erased_mark"] = ERASED_MARK
     return values
 
 
-def _apply_fragment(*, selection: str | None = None, scrubbed: bool = False) -> Fragment:
-    """The one statement shape: the transitions (one row per change, or one transition for
-    every mail ``selection`` picks: a condition on ``m``), the mails updated (each only from
-    a status its transition may leave, and fenced by the claim where there is one), and the
-    history lines of those that changed. ``applied`` (the changed mails' rows, and the
-    noted ones that change no status) is what the app's ``email.*`` events are made of
-    (app.webhooks.deliveries.email_events). ``scrubbed``: SES's text is recorded with the
-    addresses of ``erased`` (the recipients' CTE) replaced, as the erasure replaced them."""
-    unnest = ", ".join(f"CAST(:m_{name} AS {kind}[])" for name, kind in _COLUMNS)
-    names = ", ".join(name for name, _ in _COLUMNS)
-    if selection is None:
-        source = f"SELECT * FROM unnest({unnest}) WITH ORDINALITY AS t({names}, ord)"  # noqa: S608
-    else:
-        others = ", ".join(f"t.{name}" for name, _ in _COLUMNS[1:])
-        # (column names and the selectors' constant SQL are formatted in)
-        source = (
-            f"SELECT m.id, {others}, t.ord FROM unnest({unnest}) WITH ORDINALITY AS "  # noqa: S608
-            f"t({names}, ord) CROSS JOIN message AS m "
-            f"WHERE m.status = ANY(string_to_array(t.leaves, ',')) AND {selection}"
-        )
+def _apply_fragment(
+    *, selection: str | None = None, feedback: bool = False, events: bool = False
+) -> Fragment:
+    """The one statement shape: the mails updated by their transitions (one row per change,
+    or one transition for every mail ``selection`` picks: a condition on ``m``), each only
+    from a status its transitions may leave and fenced by the claim where there is one; the
+    history lines of those changed. ``applied`` (the changed mails: ``id``, the new
+    ``status``, with ``events`` the transition's ``webhook_type`` and SES's fields) is what
+    the app's ``email.*`` events are made of (app.webhooks.deliveries.email_events).
+    ``feedback``: SES's part, whose text is recorded with the addresses of ``erased`` (the
+    recipients' CTE) replaced, as the erasure replaced them, and whose transition may add a
+    line (a resend scheduled).
+
+    Its plan is made anew on each run (a generic plan of arrays looks dearer): it reads only
+    the columns its callers need, which keeps the planning of the hot paths short."""
+    columns = [
+        (name, kind)
+        for name, kind in _COLUMNS
+        if (feedback or name not in _FEEDBACK_COLUMNS) and (events or name not in _EVENT_COLUMNS)
+    ]
+    unnest = ", ".join(f"CAST(:m_{name} AS {kind}[])" for name, kind in columns)
+    names = ", ".join(name for name, _ in columns)
+    mine = "m.id = t.id" if selection is None else selection
 
     def scrub(text: str) -> str:
-        if not scrubbed:
+        if not feedback:
             return text
         return (
             f"COALESCE(regexp_replace({text}, (SELECT pattern FROM erased), "  # noqa: S608
             f"CAST(:m_erased_mark AS text), 'gi'), {text})"
         )
 
+    returned = "t.kind, t.detail"
+    lines = "SELECT a.id, a.kind, a.detail, NULL FROM applied AS a"
+    if feedback:
+        returned += ", t.ord, t.feedback, t.then_kind, t.then_detail"
+        lines = f"""SELECT a.id, line.kind, {scrub("line.detail")}, line.feedback
+        FROM applied AS a CROSS JOIN LATERAL (VALUES (1, a.kind, a.detail, a.feedback),
+            (2, a.then_kind, a.then_detail, NULL)) AS line(n, kind, detail, feedback)
+        WHERE line.kind IS NOT NULL
+        ORDER BY a.ord, line.n"""  # noqa: S608 (column names only)
+    if events:
+        returned += f", t.webhook_type, t.ses_type, t.ses_subtype, {scrub('t.diagnostic')}"
+        returned += " AS diagnostic"
     sql = f"""
-    transition AS ({source}),
-    changed AS (
+    applied AS (
         UPDATE message AS m SET status = COALESCE(t.status, m.status),
             -- A retry is due after its backoff by the database's clock (as every due time).
             next_attempt_at = COALESCE(t.next_attempt_at,
@@ -561,41 +587,29 @@ def _apply_fragment(*, selection: str | None = None, scrubbed: bool = False) -> 
             -- reputation window of sends.
             sent_at = CASE WHEN t.taken THEN now() ELSE m.sent_at END,
             updated_at = CASE WHEN t.status IS NULL THEN m.updated_at ELSE now() END
-        FROM transition AS t
-        WHERE m.id = t.id
-            AND (t.leaves IS NULL OR m.status = ANY(string_to_array(t.leaves, ',')))
+        FROM unnest({unnest}) WITH ORDINALITY AS t({names}, ord)
+        WHERE {mine}
+            AND (CAST(:m_leaves AS text[]) IS NULL OR m.status = ANY(CAST(:m_leaves AS text[])))
             AND (t.attempt IS NULL OR m.attempts = t.attempt)
-            -- A change of no status writes only a MessageId the mail lacks.
-            AND (t.status IS NOT NULL OR m.ses_message_id IS NULL)
-        RETURNING m.id
-    ),
-    applied AS (
-        SELECT t.id, t.ord, t.status, t.kind, t.detail, t.feedback, t.then_kind, t.then_detail,
-            t.webhook_type, t.ses_type, t.ses_subtype, {scrub("t.diagnostic")} AS diagnostic
-        FROM transition AS t
-        WHERE t.status IS NULL OR t.id IN (SELECT id FROM changed)
+        RETURNING m.id, m.status, {returned}
     ),
     history AS (
-        INSERT INTO message_event (message_id, kind, detail, cause, feedback)
-        SELECT a.id, line.kind, {scrub("line.detail")}, CAST(:m_cause AS text), line.feedback
-        FROM applied AS a CROSS JOIN LATERAL (VALUES (1, a.kind, a.detail, a.feedback),
-            (2, a.then_kind, a.then_detail, NULL)) AS line(n, kind, detail, feedback)
-        WHERE line.kind IS NOT NULL
-        ORDER BY a.ord, line.n
+        INSERT INTO message_event (message_id, kind, detail, feedback, cause)
+        SELECT *, CAST(:m_cause AS text) FROM ({lines}) AS line
     )"""  # noqa: S608 (only column names and constant SQL are formatted in)
-    return Fragment(sql=sql, prefix="m_", needs=frozenset({"erased"} if scrubbed else ()))
+    return Fragment(sql=sql, prefix="m_", needs=frozenset({"erased"} if feedback else ()))
 
 
-def _statement(*fragments: Fragment) -> tuple[NamedStatement, NamedStatement]:
+def _statement(**shape: Any) -> tuple[NamedStatement, NamedStatement]:
     """The statement without and with the app's ``email.*`` events (TEGAMI_WEBHOOK_URL)."""
-    select = "SELECT id FROM changed"
+    select = "SELECT id FROM applied"
     return (
-        compose(*fragments, select=select),
-        compose(*fragments, webhooks.email_events(), select=select),
+        compose(_apply_fragment(**shape), select=select),
+        compose(_apply_fragment(**shape, events=True), webhooks.email_events(), select=select),
     )
 
 
-_APPLY = _statement(_apply_fragment())
+_APPLY = _statement()
 
 
 def _chosen(statements: tuple[NamedStatement, NamedStatement]) -> NamedStatement:
@@ -609,7 +623,9 @@ async def apply(
     another worker took since, or a mail no longer in a status its transition may leave, is
     left alone and gets no history line)."""
     statement = _chosen(_APPLY)
-    values = _values([_row(c.message_id, c.transition, c.attempt) for c in changes], cause=cause)
+    if any(c.transition.then is not None for c in changes):
+        raise ValueError("only SES feedback's part writes a second history line")
+    values = _values([(c.message_id, c.transition, c.attempt) for c in changes], cause=cause)
     rows = await connection.fetch(statement.sql, *statement.args(values))
     return {row["id"] for row in rows}
 
@@ -634,7 +650,7 @@ _SELECTORS = {
 @functools.cache
 def _selecting(names: tuple[str, ...]) -> tuple[NamedStatement, NamedStatement]:
     condition = " AND ".join([_SELECTORS[name] for name in names] or ["true"])
-    return _statement(_apply_fragment(selection=condition))
+    return _statement(selection=condition)
 
 
 async def apply_to(
@@ -654,7 +670,7 @@ async def apply_to(
     }
     names = tuple(name for name, value in chosen.items() if value is not None)
     statement = _chosen(_selecting(names))
-    values = _values([_row(None, transition, None)], cause=cause)
+    values = _values([(None, transition, None)], cause=cause)
     values |= {f"m_select_{name}": chosen[name] for name in names}
     rows = await executor.execute(text(statement.source), values)
     return list(rows.scalars())
@@ -1011,16 +1027,17 @@ async def find_for_feedback(
 
 # The message's part of SES feedback, composed by app.sns.feedback with the recipients' into
 # one statement: SES's text is recorded scrubbed of the addresses of people erased since
-# (the recipients' ``erased``).
-FEEDBACK = _apply_fragment(scrubbed=True)
+# (the recipients' ``erased``); with ``FEEDBACK_WITH_EVENTS``, the app's events read it.
+FEEDBACK = _apply_fragment(feedback=True)
+FEEDBACK_WITH_EVENTS = _apply_fragment(feedback=True, events=True)
 
 
 def feedback_values(
     target: FeedbackTarget | None, transition: Transition | None, *, cause: str
 ) -> dict[str, Any]:
     """The parameters of ``FEEDBACK``; with no mail found, it writes nothing."""
-    rows = [_row(target.id, transition, None)] if target and transition else []
-    return _values(rows, cause=cause)
+    changes = [(target.id, transition, None)] if target and transition else []
+    return _values(changes, cause=cause)
 
 
 # -- pausing sending for every replica ---------------------------------------------------

@@ -30,7 +30,7 @@ from app.webhooks import deliveries as webhooks
 _WRITE = compose(recipients.DECISIONS, outbox.FEEDBACK, select="SELECT 1")
 _WRITE_WITH_EVENTS = compose(
     recipients.DECISIONS,
-    outbox.FEEDBACK,
+    outbox.FEEDBACK_WITH_EVENTS,
     webhooks.email_events(),
     webhooks.SUPPRESSED_EVENTS,
     select="SELECT 1",

@@ -55,8 +55,8 @@ class DeliveryStatus(StrEnum):
 # -- recording events --------------------------------------------------------------------
 
 # The `email.*` payload, built here only: each field of app.webhooks.events.EmailEventData and
-# the SQL it is read from, over the outbox's ``applied`` row ``a`` (the mail's new status, or
-# None when it keeps it; SES's fields) and the mail ``m`` as the statement found it. Adding a
+# the SQL it is read from, over the outbox's ``applied`` row ``a`` (the mail's new status,
+# SES's fields) and the mail ``m`` as the statement found it. Adding a
 # field to every `email.*` event is one entry here (the model documents it; a test holds both
 # to one list).
 EMAIL_EVENT_FIELDS: Final = {
@@ -64,7 +64,7 @@ EMAIL_EVENT_FIELDS: Final = {
     "type": "m.kind",
     "user_id": "m.user_id",
     "address": "m.to_address",
-    "status": "COALESCE(a.status, m.status)",
+    "status": "a.status",
     "test": "m.test",
     "tags": "m.tags",
     "ses_type": "a.ses_type",
@@ -75,7 +75,7 @@ EMAIL_EVENT_FIELDS: Final = {
 
 def email_events() -> Fragment:
     """The `email.*` event of each mail the outbox changed (app.emails.outbox's ``applied``:
-    ``id``, ``status``, ``webhook_type`` (None: not news) and SES's fields)."""
+    ``id``, the new ``status``, ``webhook_type`` (None: not news) and SES's fields)."""
     fields = ", ".join(f"'{name}', {sql}" for name, sql in EMAIL_EVENT_FIELDS.items())
     sql = f"""
     webhook_email_events AS (
