@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, TextIO
 
 from app.config import DatabaseSettings, Settings, SettingsError, load_settings
 from app.emails.held import add_held_commands
-from app.ops.domain import add_domain_commands, run_domain_command
+from app.setup.domain import add_domain_commands, run_domain_command
 from app.support.commands import add_support_commands, run_support_command
 from app.webhooks.commands import add_webhook_commands, run_webhook_command
 
 if TYPE_CHECKING:
     import httpx
 
-    from app.ops.doctor import Check
+    from app.setup.doctor import Check
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,7 +226,7 @@ async def _doctor_checks(
     import httpx
 
     from app.db import create_engine
-    from app.ops.doctor import run_checks
+    from app.setup.doctor import run_checks
 
     engine = create_engine(settings.sqlalchemy_url, pool_size=1)
     try:
@@ -246,7 +246,7 @@ def run_doctor(
     http: httpx.AsyncClient | None = None,
 ) -> int:
     """`tegami doctor`: one line per check; exit 1 when any failed."""
-    from app.ops.doctor import ready, report
+    from app.setup.doctor import ready, report
 
     checks = asyncio.run(
         _doctor_checks(settings, nameserver=nameserver or settings.dns_nameserver, http=http)
@@ -599,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_domain_command(args))
     elif args.command == "held":
         from app.emails.held import run_held_command
-        from app.ops.reputation import guard_outlook
+        from app.reputation.watch import guard_outlook
 
         raise SystemExit(run_held_command(args, outlook=guard_outlook))
     elif args.command in ("emails", "why"):

@@ -5,7 +5,7 @@ what it checks: an AWS or DNS error becomes a failed check that says so). ``run_
 them in order; the CLI prints them (app/cli.py), the status endpoint returns them as JSON.
 SES and SNS are asked through their own APIs with aioboto3 clients configured like the app's
 (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SESV2`` / ``AWS_ENDPOINT_URL_SNS`` honoured by
-botocore); DNS through ``app.ops.domain``'s own check.
+botocore); DNS through ``app.setup.domain``'s own check.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import MailBackend, Settings
 from app.emails.sender import region_from_environment
-from app.ops import domain
+from app.setup import domain
 
 if TYPE_CHECKING:
     from types_aiobotocore_sesv2 import SESV2Client
