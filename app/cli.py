@@ -256,18 +256,14 @@ def run_doctor(
 
 
 async def _import_from_ses(settings: Settings) -> tuple[int, int]:
-    import aioboto3
-
+    from app import aws
     from app.db import create_engine, create_sessionmaker
-    from app.emails.sender import region_from_environment, ses_client_config
     from app.recipients.ses_list import SesSuppressionList, import_from_ses
 
     engine = create_engine(settings.sqlalchemy_url, pool_size=1)
     try:
         async with (
-            aioboto3.Session().client(
-                "sesv2", region_name=region_from_environment(), config=ses_client_config(settings)
-            ) as client,
+            aws.client("sesv2") as client,
             create_sessionmaker(engine)() as session,
         ):
             result = await import_from_ses(
