@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, TextIO
 
 from app.config import DatabaseSettings, Settings, SettingsError, load_settings
 from app.emails.held import add_held_commands
-from app.ops.domain import add_domain_commands, run_domain_command
+from app.setup.domain import add_domain_commands, run_domain_command
 from app.support.commands import add_support_commands, run_support_command
 from app.webhooks.commands import add_webhook_commands, run_webhook_command
 
 if TYPE_CHECKING:
     import httpx
 
-    from app.ops.doctor import Check
+    from app.setup.doctor import Check
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,7 +226,7 @@ async def _doctor_checks(
     import httpx
 
     from app.db import create_engine
-    from app.ops.doctor import run_checks
+    from app.setup.doctor import run_checks
 
     engine = create_engine(settings.sqlalchemy_url, pool_size=1)
     try:
@@ -246,7 +246,7 @@ def run_doctor(
     http: httpx.AsyncClient | None = None,
 ) -> int:
     """`tegami doctor`: one line per check; exit 1 when any failed."""
-    from app.ops.doctor import ready, report
+    from app.setup.doctor import ready, report
 
     checks = asyncio.run(
         _doctor_checks(settings, nameserver=nameserver or settings.dns_nameserver, http=http)
@@ -256,18 +256,14 @@ def run_doctor(
 
 
 async def _import_from_ses(settings: Settings) -> tuple[int, int]:
-    import aioboto3
-
+    from app import aws
     from app.db import create_engine, create_sessionmaker
-    from app.emails.sender import region_from_environment, ses_client_config
     from app.recipients.ses_list import SesSuppressionList, import_from_ses
 
     engine = create_engine(settings.sqlalchemy_url, pool_size=1)
     try:
         async with (
-            aioboto3.Session().client(
-                "sesv2", region_name=region_from_environment(), config=ses_client_config(settings)
-            ) as client,
+            aws.client("sesv2") as client,
             create_sessionmaker(engine)() as session,
         ):
             result = await import_from_ses(
@@ -599,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_domain_command(args))
     elif args.command == "held":
         from app.emails.held import run_held_command
-        from app.ops.reputation import guard_outlook
+        from app.reputation.watch import guard_outlook
 
         raise SystemExit(run_held_command(args, outlook=guard_outlook))
     elif args.command in ("emails", "why"):

@@ -26,15 +26,16 @@ from app.ops.emf import EmfEmitter
 from app.ops.health import router as health_router
 from app.ops.limits import BodySizeLimit
 from app.ops.metrics import router as metrics_router
-from app.ops.reputation import ReputationWatch
 from app.ops.requests import RequestIdMiddleware
-from app.ops.retention import purge_forever
-from app.ops.status import router as status_router
 from app.recipients.router import router as recipients_router
 from app.recipients.ses_list import SesSuppressionList, retry_removals_forever
+from app.reputation.watch import ReputationWatch
+from app.retention.service import purge_forever
 from app.sns.router import router as sns_router
 from app.sns.signature import CertificateStore
+from app.status.router import router as status_router
 from app.support.router import router as support_router
+from app.unsubscribe.links import UnsubscribeLinks
 from app.unsubscribe.router import router as unsubscribe_router
 from app.webhooks import deliveries as webhook_deliveries
 from app.webhooks.dispatcher import WebhookDispatcher
@@ -82,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine=engine,
             sender=sender,
             settings=settings,
+            links=UnsubscribeLinks.of(settings),
             wake=app.state.outbox_wake,
             reputation=reputation,
         )

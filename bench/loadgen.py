@@ -129,23 +129,18 @@ async def blast(args: argparse.Namespace) -> dict[str, Any]:
 async def boto(args: argparse.Namespace) -> dict[str, Any]:
     """aioboto3's SendEmail alone, configured as tegami configures it: no database, no
     rendering. What the SES client that the design prescribes can do in one process."""
-    import aioboto3
+    from app import aws
 
-    from app.config import Settings
-    from app.emails.sender import ses_client_config
-
-    settings = Settings.model_construct(send_concurrency=args.connections)
     raw = os.urandom(args.mail_bytes)
     counter = 0
     done = 0
-    session = aioboto3.Session()
-    async with session.client(
+    async with aws.client(
         "sesv2",
-        region_name="ap-northeast-1",
+        region="ap-northeast-1",
+        pool_size=args.connections,
         endpoint_url=args.url,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",  # noqa: S106 (the fake's)
-        config=ses_client_config(settings),
     ) as client:
         deadline = time.perf_counter() + args.seconds
 

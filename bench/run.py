@@ -1973,7 +1973,7 @@ def write_report(
         "`generate_series` with every index in place, then `VACUUM ANALYZE`. The send path "
         "(`service.accept` for 14 mails, then `outbox.claim`, `outbox.check_before_send`, "
         "`outbox.finish`, four times a second, on one connection) for 30 s on the empty "
-        "tables and 30 s on the loaded ones; then `app.ops.retention.purge` with the send "
+        "tables and 30 s on the loaded ones; then `app.retention.service.purge` with the send "
         "path going on its own connection; then autovacuum's pass (run by the bench, "
         "throttled as autovacuum is, where the server has autovacuum off) and the next "
         "day's mail (as many as were deleted). Sizes are `pg_total_relation_size`. The "

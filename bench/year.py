@@ -16,7 +16,7 @@ In its own database (``tegami_bench_year``, dropped and made again), one run mea
    retention (the day a purge deletes: a million mails at full size), the rest spread over
    400 days, with set-based SQL (``generate_series``, ``INSERT … SELECT``), every index and
    constraint in place, then ``VACUUM ANALYZE`` (what autovacuum does over a year);
-3. the real retention pass (``app.ops.retention.purge``, its batches of 1,000) while the send
+3. the real retention pass (``app.retention.service.purge``, its batches of 1,000) while the send
    path keeps going: the send path's latencies during the delete, how long the delete took,
    and the tables' size before and after (``pg_total_relation_size``);
 4. bloat: autovacuum's pass over the tables (with the send path going; on a server with
@@ -361,7 +361,7 @@ async def prepare() -> None:
 async def main_async(rows: int) -> dict[str, Any]:
     from app.db import create_engine
     from app.emails import outbox
-    from app.ops.retention import purge
+    from app.retention.service import purge
 
     await prepare()
     conn = await asyncpg.connect(DB_URL)

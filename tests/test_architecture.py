@@ -2,13 +2,15 @@
 
 Read from the source: SQL text (``INSERT INTO t``, ``UPDATE t``, ``DELETE FROM t``, in any
 string) and SQLAlchemy writes (``insert(Model)``, ``update(Model)``, ``delete(Model)``,
-``session.add(Model(...))``). The import contracts are in pyproject.toml (``lint-imports``).
+``session.add(Model(...))``). The import contracts are in pyproject.toml (``lint-imports``);
+below, the packages of app import each other in one direction only, lazy imports included.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,45 @@ def test_the_apply_takes_lifecycles_transitions() -> None:
 )
 def test_the_status_check_sees_each_way_of_setting_it(source: str, setters: set[str]) -> None:
     assert status_setters(source) == setters
+
+
+def imported_packages(source: str) -> set[str]:
+    """The top-level packages and modules of app that a module's source imports, wherever the
+    import stands (in a function, under TYPE_CHECKING)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name.split(".")[1] for name in names if name.startswith("app.")}
+
+
+def _package_imports() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in APP.rglob("*.py"):
+        package = path.relative_to(APP).parts[0].removesuffix(".py")
+        imported = imported_packages(path.read_text(encoding="utf-8")) - {package}
+        graph.setdefault(package, set()).update(imported)
+    return graph
+
+
+def test_no_two_packages_of_app_import_each_other() -> None:
+    try:
+        tuple(TopologicalSorter(_package_imports()).static_order())
+    except CycleError as cycle:
+        raise AssertionError(f"packages that import each other: {cycle.args[1]}") from None
+
+
+@pytest.mark.parametrize(
+    ("source", "packages"),
+    [
+        ("from app.emails import outbox", {"emails"}),
+        ("from app import aws", {"aws"}),
+        ("def f():\n    import app.reputation.watch", {"reputation"}),
+        ("if TYPE_CHECKING:\n    from app.emails.sender import Sender", {"emails"}),
+        ("import httpx", set()),
+    ],
+)
+def test_the_cycle_check_sees_each_way_of_importing(source: str, packages: set[str]) -> None:
+    assert imported_packages(source) == packages

@@ -26,7 +26,7 @@ from app.config import MailBackend
 from app.db import create_sessionmaker
 from app.main import create_app
 from app.models import ApiKeyScope, Permission
-from app.ops.status import SetupRead, _SetupCache
+from app.status.router import SetupRead, _SetupCache
 from tests.conftest import make_settings
 from tests.emails.test_router import LINKS, body
 

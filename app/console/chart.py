@@ -9,7 +9,7 @@ from app.console.rates import Bucket
 
 WIDTH, HEIGHT = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 60, 24, 14, 36
-# SES's review levels (app/ops/reputation.py): drawn as dashed lines.
+# SES's review levels (app/reputation/watch.py): drawn as dashed lines.
 BOUNCE_REVIEW, COMPLAINT_REVIEW = 0.05, 0.001
 
 

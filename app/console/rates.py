@@ -1,5 +1,5 @@
 """The bounce and complaint rates the console charts: per hour over the last day, per day over
-the last week, counted as the reputation watch counts them (app/ops/reputation.py): hard
+the last week, counted as the reputation watch counts them (app/reputation/watch.py): hard
 bounces and complaints among mail SES took in each bucket, test mail excluded."""
 
 from __future__ import annotations

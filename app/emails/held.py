@@ -23,7 +23,7 @@ from app.db import create_engine
 from app.emails import outbox
 from app.recipients.addresses import mask_address
 
-# What the guard will do next, in a sentence (the caller reads the rates: app/ops).
+# What the guard will do next, in a sentence (the caller reads the rates: app/reputation).
 GuardOutlook = Callable[[AsyncEngine], Awaitable[str]]
 
 

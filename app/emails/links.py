@@ -1,8 +1,11 @@
-"""Link params: https on an allowed host only, so a leaked key cannot make us a phishing relay."""
+"""Links in a mail: the app's params (https on an allowed host only, so a leaked key cannot
+make us a phishing relay) and the unsubscribe link, which the worker asks for."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 MAX_LINK_LENGTH = 2048
@@ -54,3 +57,10 @@ def params_problems(
         elif (problem := link_problem(value, allowed_hosts=allowed_hosts)) is not None:
             problems[name] = problem
     return problems
+
+
+class UnsubscribeLinks(Protocol):
+    """The unsubscribe link of one mail, minted by app.unsubscribe (it holds the secret; the
+    worker only puts the link in the mail)."""
+
+    def __call__(self, *, recipient_id: int, category: str, now: datetime) -> str: ...

@@ -23,6 +23,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from importlib.resources import files
 from string import Template
 
+from app.contact import contact_html
 from app.emails.catalog import EMAIL_KINDS, EmailKind
 from app.models import Category
 from app.recipients.addresses import AddressError, wire_address
@@ -53,19 +54,6 @@ class SenderInfo:
 class _Pair:
     text: Template
     html: Template
-
-
-_CONTACT_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-
-
-def contact_html(contact: str, *, link_style: str | None = None) -> str:
-    """The support contact as HTML: escaped, each email address in it a ``mailto:`` link
-    (with ``link_style`` inline: mail clients drop style sheets; pages keep their own)."""
-    style = f' style="{link_style}"' if link_style else ""
-    return _CONTACT_ADDRESS.sub(
-        lambda m: f'<a href="mailto:{m[0]}"{style}>{m[0]}</a>',
-        html.escape(contact, quote=True),
-    )
 
 
 def _load(name: str) -> Template:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -15,16 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from enum import StrEnum
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import aioboto3
 import anyio
-import botocore
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app import aws
 from app.config import MailBackend, Settings
 from app.recipients.addresses import wire_address
 
@@ -168,18 +164,15 @@ class SesSender:
                 **extra,  # type: ignore[arg-type]
             )
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", "Unknown"))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = str(error.get("Message", ""))
+            refused = aws.refusal(exc)
             outcome = classify_ses_error(
-                code=code,
-                http_status=status,
-                message=message,
+                code=refused.code,
+                http_status=refused.http_status,
+                message=refused.message,
                 from_address=mail.from_address,
                 to_addresses=[mail.to],
             )
-            raise SendError(outcome, code, message) from exc
+            raise SendError(outcome, refused.code, refused.message) from exc
         except (BotoCoreError, OSError, TimeoutError) as exc:
             # Network trouble or timeouts: SES may come back any moment.
             raise SendError(Outcome.RETRY, type(exc).__name__, str(exc)) from exc
@@ -222,40 +215,10 @@ class MailboxSender:
         return {"SendingEnabled": True, "EnforcementStatus": "HEALTHY"}
 
 
-DEFAULT_REGION = "ap-northeast-1"
-
-
-def region_from_environment() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-
-
-SES_USER_AGENT = f"tegami/{version('tegami')} botocore/{botocore.__version__}"
-
-
-def ses_client_config(settings: Settings) -> Config:
-    return Config(
-        # The worker owns retries (backoff, jitter, deadlines); botocore must not add its own.
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=15,
-        max_pool_connections=settings.send_concurrency,
-        # Measured per SendEmail (bench/NOTES.md): botocore rebuilds its detailed User-Agent
-        # twice per call (0.25 ms of CPU); a fixed one is built once. The parameters are
-        # built by SesSender alone and typed, so botocore's validation of them is skipped.
-        user_agent=SES_USER_AGENT,
-        parameter_validation=False,
-    )
-
-
 @contextlib.asynccontextmanager
 async def open_sender(settings: Settings) -> AsyncIterator[Sender]:
     if settings.mail_backend == MailBackend.MAILBOX:
         yield MailboxSender(settings.mailbox_dir)
         return
-    region = region_from_environment()
-    session = aioboto3.Session()
-    # AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_SESV2 are honoured by botocore itself.
-    async with session.client(
-        "sesv2", region_name=region, config=ses_client_config(settings)
-    ) as client:
+    async with aws.client("sesv2", pool_size=settings.send_concurrency) as client:
         yield SesSender(client, configuration_set=settings.ses_configuration_set)

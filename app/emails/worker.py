@@ -30,7 +30,9 @@ from app.config import MailBackend, Settings
 from app.db import driver_connection
 from app.emails import lifecycle, outbox, scheduling
 from app.emails.catalog import EMAIL_KINDS
+from app.emails.guard import REPUTATION_CHANNEL, Guard
 from app.emails.lifecycle import Event, Standing
+from app.emails.links import UnsubscribeLinks
 from app.emails.outbox import OUTBOX_CHANNEL, PROCESS_ORIGIN, Change, Claim, Claimed
 from app.emails.rendering import SenderInfo, render_email
 from app.emails.sender import Outcome, OutgoingMail, Sender, SendError
@@ -43,10 +45,8 @@ from app.ops.metrics import (
     SEND_RETRIES,
     SES_CALL_LATENCY,
 )
-from app.ops.reputation import REPUTATION_CHANNEL, ReputationWatch
 from app.recipients.addresses import mask_address
 from app.retry import backoff, retrying
-from app.unsubscribe.tokens import UnsubscribeClaim, make_token
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,18 @@ class Worker:
         engine: AsyncEngine,
         sender: Sender,
         settings: Settings,
+        links: UnsubscribeLinks,
         wake: asyncio.Event | None = None,
         batch_size: int = 100,
         poll_seconds: float = 1.0,
-        reputation: ReputationWatch | None = None,
+        reputation: Guard | None = None,
         http: httpx.AsyncClient | None = None,
         probe_seconds: float = PROBE_SECONDS,
     ) -> None:
         self.engine = engine
         self.sender = sender
         self.settings = settings
+        self.links = links
         self.wake = wake or asyncio.Event()
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -307,13 +309,6 @@ class Worker:
         )
         return Change(mail.id, transition, mail.attempt) if transition is not None else None
 
-    def unsubscribe_url(self, mail: Claimed, now: datetime) -> str:
-        claim = UnsubscribeClaim(
-            recipient_id=mail.recipient_id, category=mail.category, issued_at=int(now.timestamp())
-        )
-        secret = self.settings.unsubscribe_secret[0].get_secret_value()
-        return f"{self.settings.public_base_url}/unsubscribe/{make_token(claim, secret=secret)}"
-
     def render(self, mail: Claimed, now: datetime) -> OutgoingMail:
         assert mail.to_address is not None and mail.params is not None
         raw = render_email(
@@ -321,7 +316,9 @@ class Worker:
             params=mail.params,
             to=mail.to_address,
             from_address=self.settings.from_address,
-            unsubscribe_url=self.unsubscribe_url(mail, now),
+            unsubscribe_url=self.links(
+                recipient_id=mail.recipient_id, category=mail.category, now=now
+            ),
             sender=self._sender_info,
             now=now,
         )

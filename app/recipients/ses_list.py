@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app import aws
 from app.errors import AppError
 from app.models import SesListRemoval, SuppressionReason
 from app.recipients import service
@@ -67,11 +68,8 @@ class SesListEntry:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return f"{error.get('Code', 'error')} (HTTP {status})"
-    return type(exc).__name__
+    refused = aws.refusal(exc)
+    return str(refused) if refused is not None else type(exc).__name__
 
 
 class SesSuppressionList:
@@ -100,7 +98,7 @@ class SesSuppressionList:
         try:
             await self._client.delete_suppressed_destination(EmailAddress=address)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NotFoundException":
+            if aws.refusal(exc).code == "NotFoundException":
                 return SesListOutcome.NOT_LISTED
             raise SesUnavailable(
                 f"SES's suppression list could not be updated: {_describe(exc)}"

@@ -30,8 +30,8 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.contact import contact_html
 from app.db import SessionDep
-from app.emails.rendering import contact_html
 from app.errors import error_responses
 from app.models import OPTIONAL_CATEGORIES, Category
 from app.recipients import service as recipients

@@ -18,11 +18,11 @@ import pytest
 from cfnlint.decode import decode
 
 from app.config import Settings
-from app.ops import reputation
-from app.ops.domain import DEFAULT_MAIL_FROM, expected_records
 from app.ops.health import router as health_router
 from app.ops.logging import JsonFormatter
-from app.ops.reputation import Level, level_of
+from app.reputation import watch as reputation
+from app.reputation.watch import Level, level_of
+from app.setup.domain import DEFAULT_MAIL_FROM, expected_records
 from app.sns.router import router as sns_router
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,6 +17,7 @@ from app.emails.lifecycle import MAX_BACKOFF_SECONDS
 from app.emails.sender import Outcome, classify_ses_error, open_sender
 from app.emails.worker import Worker
 from app.models import Message, MessageEvent, SuppressionReason
+from app.unsubscribe.links import UnsubscribeLinks
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
 from tests.emails.test_router import _suppress, body, drain
@@ -173,11 +174,16 @@ async def test_two_workers_drain_one_backlog_without_sending_twice(
 
     settings = make_settings(database_url, send_concurrency=8)
     engines = [create_engine(settings.sqlalchemy_url) for _ in range(2)]
+    links = UnsubscribeLinks.of(settings)
     try:
         async with open_sender(settings) as sender_a, open_sender(settings) as sender_b:
             workers = [
-                Worker(engine=engines[0], sender=sender_a, settings=settings, batch_size=7),
-                Worker(engine=engines[1], sender=sender_b, settings=settings, batch_size=7),
+                Worker(
+                    engine=engines[0], sender=sender_a, settings=settings, links=links, batch_size=7
+                ),
+                Worker(
+                    engine=engines[1], sender=sender_b, settings=settings, links=links, batch_size=7
+                ),
             ]
             handled = await asyncio.gather(*(w.drain() for w in workers))
     finally:
@@ -194,7 +200,9 @@ async def test_rate_falls_back_to_one_per_second_when_ses_cannot_tell(
 ) -> None:
     settings = make_settings(database_url, max_send_rate=None)
     async with open_sender(settings) as sender:
-        worker = Worker(engine=engine, sender=sender, settings=settings)
+        worker = Worker(
+            engine=engine, sender=sender, settings=settings, links=UnsubscribeLinks.of(settings)
+        )
         # moto does not implement SES v2 GetAccount: the rate cannot be read.
         with caplog.at_level(logging.WARNING):
             rate = await worker.refresh_rate()
@@ -207,7 +215,9 @@ async def test_configured_rate_wins_over_ses(
 ) -> None:
     settings = make_settings(database_url, max_send_rate=14.0)
     async with open_sender(settings) as sender:
-        worker = Worker(engine=engine, sender=sender, settings=settings)
+        worker = Worker(
+            engine=engine, sender=sender, settings=settings, links=UnsubscribeLinks.of(settings)
+        )
         assert await worker.refresh_rate() == 14.0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.ops.reputation import Level, Rates, judge, level_of
+from app.reputation.watch import Level, Rates, judge, level_of
 from tests.conditions import eventually
 from tests.conftest import AppFactory
 from tests.sns.test_router import email, send, sent_mail

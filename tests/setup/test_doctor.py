@@ -13,10 +13,10 @@ import pytest
 from app.cli import run_doctor
 from app.config import Settings
 from app.main import create_app
-from app.ops.domain import expected_records, zone_snippet
+from app.setup.domain import expected_records, zone_snippet
 from tests.conftest import AppFactory, make_settings
 from tests.fake_aws import REGION, TOPIC, FakeAws
-from tests.ops.dns_server import DnsServer, serving, zone_from_text
+from tests.setup.dns_server import DnsServer, serving, zone_from_text
 
 DOMAIN = "proworks.jp"
 PUBLIC_URL = "https://mail.proworks.jp"

@@ -1,17 +1,17 @@
 """`tegami doctor` catches two silent losses (a raw-delivery SNS subscription; SPF missing on
 the From domain, which au and SoftBank check), and GET /status/setup keeps its answer ~30 s.
-Against the fake SES v2/SNS over HTTP and the local DNS server of tests/ops/test_doctor.py."""
+Against the fake SES v2/SNS over HTTP and the local DNS server of tests/setup/test_doctor.py."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from app.ops import status
+from app.status import router as status
 from tests.conftest import AppFactory
 from tests.fake_aws import TOPIC, FakeAws
-from tests.ops.dns_server import DnsServer, serving, zone_from_text
-from tests.ops.test_doctor import (
+from tests.setup.dns_server import DnsServer, serving, zone_from_text
+from tests.setup.test_doctor import (
     DOMAIN,
     aws,
     dns,

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.ops.retention import purge
+from app.retention.service import purge
 from tests.conditions import eventually
 from tests.emails.test_router import body, drain
 from tests.ses import MotoSes

@@ -26,7 +26,7 @@ import dns.rdatatype
 import dns.resolver
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sesv2 import SESV2Client
+    from app.aws import Refusal
 
 DEFAULT_MAIL_FROM = "bounce"
 SPF_VALUE = "v=spf1 include:amazonses.com ~all"
@@ -341,47 +341,28 @@ class SetupResult:
     mail_from_error: str | None
 
 
-def _ses_client(region: str) -> Any:
-    import aioboto3
-
-    from app.config import Settings
-    from app.emails.sender import ses_client_config
-
-    # Only the client's timeouts and retry policy matter here: no database, no secrets needed.
-    # AWS_ENDPOINT_URL(_SESV2) is honoured by botocore, as in the app.
-    return aioboto3.Session().client(
-        "sesv2", region_name=region, config=ses_client_config(Settings.model_construct())
-    )
-
-
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", type(exc).__name__))
-
-
-def _error_text(exc: Exception) -> str:
+def _error_text(refused: Refusal) -> str:
     """Code, HTTP status and SES's message (an endpoint without the operation answers HTML)."""
-    response = getattr(exc, "response", None) or {}
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    message = str(response.get("Error", {}).get("Message", "")).strip()
+    message = refused.message.strip()
     if message.startswith("<"):
         message = "the endpoint does not implement this operation"
-    return f"{_error_code(exc)}, HTTP {status}: {message[:200]}"
+    return f"{refused.code}, HTTP {refused.http_status}: {message[:200]}"
 
 
 async def create_identity(domain: str, *, mail_from: str, region: str) -> SetupResult:
     """Create (or find) the Easy DKIM identity and set its MAIL FROM domain. Idempotent."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from app import aws
+
     try:
-        async with _ses_client(region) as client:
-            ses: SESV2Client = client
+        async with aws.client("sesv2", region=region) as ses:
             created = True
             try:
                 # No DkimSigningAttributes: Easy DKIM, SES makes the three keys.
                 identity: Mapping[str, Any] = await ses.create_email_identity(EmailIdentity=domain)
             except ClientError as exc:
-                if _error_code(exc) != "AlreadyExistsException":
+                if aws.refusal(exc).code != "AlreadyExistsException":
                     raise
                 created = False
                 identity = await ses.get_email_identity(EmailIdentity=domain)
@@ -393,9 +374,9 @@ async def create_identity(domain: str, *, mail_from: str, region: str) -> SetupR
                     BehaviorOnMxFailure="USE_DEFAULT_VALUE",
                 )
             except ClientError as exc:
-                mail_from_error = _error_text(exc)
+                mail_from_error = _error_text(aws.refusal(exc))
     except ClientError as exc:
-        raise DomainError(f"SES refused ({_error_code(exc)}): {exc}") from exc
+        raise DomainError(f"SES refused ({aws.refusal(exc).code}): {exc}") from exc
     except BotoCoreError as exc:
         raise DomainError(f"could not reach SES in {region}: {exc}") from exc
     dkim = identity.get("DkimAttributes", {})
@@ -410,17 +391,19 @@ async def create_identity(domain: str, *, mail_from: str, region: str) -> SetupR
 async def identity_dkim_tokens(domain: str, *, region: str) -> list[str]:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from app import aws
+
     try:
-        async with _ses_client(region) as client:
-            ses: SESV2Client = client
+        async with aws.client("sesv2", region=region) as ses:
             identity = await ses.get_email_identity(EmailIdentity=domain)
     except ClientError as exc:
-        if _error_code(exc) == "NotFoundException":
+        code = aws.refusal(exc).code
+        if code == "NotFoundException":
             raise DomainError(
                 f"SES ({region}) has no identity {domain}: run `tegami domain setup {domain}`, "
                 "or pass --dkim-token three times"
             ) from exc
-        raise DomainError(f"SES refused ({_error_code(exc)}): {exc}") from exc
+        raise DomainError(f"SES refused ({code}): {exc}") from exc
     except BotoCoreError as exc:
         raise DomainError(
             f"could not reach SES in {region} ({exc}); pass --dkim-token three times to check "
@@ -532,7 +515,7 @@ def add_domain_commands(subparsers: argparse._SubParsersAction[argparse.Argument
 
 
 def _setup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from app.emails.sender import region_from_environment
+    from app.aws import region_from_environment
 
     domain = normalise_domain(args.domain)
     region = args.region or region_from_environment()
@@ -570,7 +553,7 @@ def _setup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from app.emails.sender import region_from_environment
+    from app.aws import region_from_environment
 
     domain = normalise_domain(args.domain)
     region = args.region or region_from_environment()

@@ -23,8 +23,8 @@ from moto.ses import models as ses_models
 from moto.ses.models import ses_backends
 from moto.sesv2 import models as sesv2_models
 
-from app.ops import domain
-from app.ops.domain import (
+from app.setup import domain
+from app.setup.domain import (
     DnsRecord,
     Kind,
     add_domain_commands,
@@ -35,8 +35,8 @@ from app.ops.domain import (
     run_domain_command,
     zone_snippet,
 )
-from tests.ops.dns_server import DnsServer, serving, zone_from_text
 from tests.ses import REGION, MotoSes
+from tests.setup.dns_server import DnsServer, serving, zone_from_text
 
 DOMAIN = "proworks.jp"
 CHECK_REGION = "ap-northeast-1"

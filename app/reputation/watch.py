@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import GuardSettings, Settings
 from app.emails import outbox
+from app.emails.guard import REPUTATION_CHANNEL
 from app.models import OPTIONAL_CATEGORIES, Message, MessageEvent
 from app.ops.alerts import post_alert
 from app.ops.metrics import BOUNCE_RATE, COMPLAINT_RATE, read_due_age, read_outbox
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
     from app.emails.sender import Sender
 
 log = logging.getLogger(__name__)
-
-# A verdict changed in one replica: the others evaluate at once (payload: the process).
-REPUTATION_CHANNEL = "tegami_reputation"
 
 # SES's levels (a review, a pause), and ours at half the review level. The levels of the
 # watch share the words: warning, alert (review), critical (pause).

@@ -3,9 +3,8 @@
 Each check is a small async function that returns :class:`Check` values (never raises for
 what it checks: an AWS or DNS error becomes a failed check that says so). ``run_checks`` runs
 them in order; the CLI prints them (app/cli.py), the status endpoint returns them as JSON.
-SES and SNS are asked through their own APIs with aioboto3 clients configured like the app's
-(``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SESV2`` / ``AWS_ENDPOINT_URL_SNS`` honoured by
-botocore); DNS through ``app.ops.domain``'s own check.
+SES and SNS are asked through their own APIs with the app's clients (app.aws, which honours
+``AWS_ENDPOINT_URL`` and its per-service forms); DNS through ``app.setup.domain``'s own check.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import aws
 from app.config import MailBackend, Settings
-from app.emails.sender import region_from_environment
-from app.ops import domain
+from app.setup import domain
 
 if TYPE_CHECKING:
     from types_aiobotocore_sesv2 import SESV2Client
@@ -78,9 +77,8 @@ def sending_domain(settings: Settings) -> str:
 
 
 def _aws_error(what: str, exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{what} refused: {error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+    if (refused := aws.refusal(exc)) is not None:
+        return f"{what} refused: {refused.code}: {refused.message}".strip()
     return f"could not reach {what}: {exc}"
 
 
@@ -139,8 +137,7 @@ async def check_identity(ses: SESV2Client, *, name: str) -> Identity:
     try:
         identity = await ses.get_email_identity(EmailIdentity=name)
     except (ClientError, BotoCoreError, OSError) as exc:
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-        if code == "NotFoundException":
+        if (refused := aws.refusal(exc)) is not None and refused.code == "NotFoundException":
             return Identity(
                 [
                     fail(
@@ -227,8 +224,7 @@ async def check_configuration_set(
     try:
         answer = await ses.get_configuration_set_event_destinations(ConfigurationSetName=name)
     except (ClientError, BotoCoreError, OSError) as exc:
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-        if code == "NotFoundException":
+        if (refused := aws.refusal(exc)) is not None and refused.code == "NotFoundException":
             return fail(
                 check,
                 f"SES has no configuration set {name}",
@@ -479,17 +475,6 @@ async def check_public_url(base_url: str, *, http: httpx.AsyncClient) -> Check:
 # --- running them ---------------------------------------------------------------------------
 
 
-def _client(service: str, settings: Settings, region: str) -> Any:
-    import aioboto3
-
-    from app.emails.sender import ses_client_config
-
-    # Same timeouts and retry policy as the app's SES client; endpoints from AWS's variables.
-    return aioboto3.Session().client(
-        service, region_name=region, config=ses_client_config(settings)
-    )
-
-
 async def run_checks(
     settings: Settings,
     *,
@@ -497,7 +482,7 @@ async def run_checks(
     http: httpx.AsyncClient,
     nameserver: str | None = None,
 ) -> list[Check]:
-    region = region_from_environment()
+    region = aws.region_from_environment()
     name = sending_domain(settings)
     checks: list[Check] = []
     if settings.mail_backend is MailBackend.MAILBOX:
@@ -509,7 +494,7 @@ async def run_checks(
             )
         )
     else:
-        async with _client("sesv2", settings, region) as ses:
+        async with aws.client("sesv2", region=region) as ses:
             checks.append(await check_account(ses))
             identity = await check_identity(ses, name=name)
             checks += identity.checks
@@ -520,7 +505,7 @@ async def run_checks(
 
         @contextlib.asynccontextmanager
         async def open_sns(topic_region: str | None) -> AsyncIterator[SNSClient]:
-            async with _client("sns", settings, topic_region or region) as sns:
+            async with aws.client("sns", region=topic_region or region) as sns:
                 yield sns
 
         checks.append(

@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field
 from app.api_keys import StatusKeyDep
 from app.config import Settings
 from app.errors import error_responses
-from app.ops import doctor
-from app.ops.reputation import Level, ReputationWatch
+from app.reputation.watch import Level, ReputationWatch
+from app.setup import doctor
 
 router = APIRouter(prefix="/status", tags=["operations"])
 # Each run asks SES, SNS and DNS: answers are kept this long, and calls meanwhile share them.
