@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api_keys import KeyCache
-from app.cli import build_parser, dev_api_key
+from app.cli import build_parser
+from app.serve import dev_api_key
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
 
