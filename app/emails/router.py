@@ -32,11 +32,22 @@ from app.emails.schemas import (
     PasswordResetCreate,
     VerifyEmailCreate,
 )
-from app.errors import Conflict, NotFound, UnsupportedMediaType, error_responses
-from app.models import MessageStatus
+from app.errors import Conflict, ErrorCode, NotFound, UnsupportedMediaType, error_responses
+from app.models import MailType, MessageStatus
 from app.ops.metrics import EMAILS_ACCEPTED, EMAILS_REFUSED
 
 router = APIRouter(prefix="/emails", tags=["emails"])
+
+_SEND_PATHS = [f"/emails/{kind.value}" for kind in MailType]
+NO_SUCH_TYPE = f"no such type of mail; POST to {', '.join(_SEND_PATHS[:-1])} or {_SEND_PATHS[-1]}"
+
+
+def missing_text(request: Request, status_code: int) -> str | None:
+    """What a 404 or 405 under /emails/ says: a POST there was meant to send, so it is told the
+    types there are; a GET that matches nothing looked for a mail."""
+    if request.method == "POST":
+        return NO_SUCH_TYPE
+    return "no such email" if status_code == 404 else None
 
 
 class _UuidText(Convertor[str]):
@@ -381,7 +392,7 @@ async def get_email(id: uuid.UUID, session: SessionDep, caller: ReadMailKeyDep) 
     message, events = await service.read(session, message_id=id)
     if not caller.may_see_mail(api_key_id=message.api_key_id, test=message.test):
         # A mail this key may not read is not even said to exist.
-        raise NotFound("no such email", code="email_not_found")
+        raise NotFound("no such email", code=ErrorCode.EMAIL_NOT_FOUND)
     return EmailRead(
         id=message.id,
         type=message.kind,

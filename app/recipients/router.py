@@ -13,7 +13,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from app.api_keys import OptOutKeyDep, ReadRecipientsKeyDep, SuppressKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.errors import NotFound, Unprocessable, error_responses
+from app.errors import ErrorCode, NotFound, Unprocessable, error_responses
 from app.models import Category, SuppressionReason
 from app.recipients import service
 from app.recipients.addresses import ADDRESS_JSON_SCHEMA, address_hash, check_address
@@ -151,7 +151,7 @@ async def _opt_out_target(
     if not category.optional:
         raise Unprocessable(
             f"{category} mail is sent because the user asked for it: it cannot be opted out of",
-            code="category_not_optional",
+            code=ErrorCode.CATEGORY_NOT_OPTIONAL,
         )
     return hash_of(request, email)
 
@@ -254,11 +254,11 @@ async def lift_suppression(
 ) -> SuppressionLiftRead:
     hashed = hash_of(request, email)
     if await service.suppression_reason(session, address_hash=hashed) is None:
-        raise NotFound("the address is not suppressed", code="suppression_not_found")
+        raise NotFound("the address is not suppressed", code=ErrorCode.SUPPRESSION_NOT_FOUND)
     # SES first: if it fails, tegami still holds the suppression and the operator retries.
     outcome = await ses_list_of(request).remove(email)
     if not await service.lift_suppression(session, address_hash=hashed, cause=caller.cause):
-        raise NotFound("the address is not suppressed", code="suppression_not_found")
+        raise NotFound("the address is not suppressed", code=ErrorCode.SUPPRESSION_NOT_FOUND)
     await session.commit()
     return SuppressionLiftRead(ses_suppression_list=SesSuppressionListRead(outcome=outcome))
 

@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.models import SesListRemoval, SuppressionReason
 from app.recipients import service
 from app.recipients.addresses import (
@@ -56,7 +56,7 @@ class SesListOutcome(StrEnum):
 
 class SesUnavailable(AppError):
     status_code = 502
-    code = "ses_unavailable"
+    code = ErrorCode.SES_UNAVAILABLE
 
 
 @dataclass(frozen=True)

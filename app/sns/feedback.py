@@ -28,7 +28,7 @@ import asyncpg
 
 from app.db import NamedStatement
 from app.emails import outbox
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.models import MessageStatus
 from app.recipients import rules
 from app.recipients import service as recipients
@@ -66,7 +66,7 @@ _WEBHOOK_TYPES: Final = {
 
 class UnreadableSesEvent(AppError):
     status_code = 400
-    code = "unreadable_ses_event"
+    code = ErrorCode.UNREADABLE_SES_EVENT
 
 
 def read_ses_event(message: str) -> SesEvent | None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.config import Settings
 from app.db import driver_connection
-from app.errors import AppError, error_responses
+from app.errors import AppError, ErrorCode, error_responses
 from app.ops.metrics import SNS_MESSAGES
 from app.sns import feedback, service
 from app.sns.schemas import sns_message_schema
@@ -30,21 +30,21 @@ router = APIRouter(prefix="/sns", tags=["sns"])
 
 class NotSnsMessage(AppError):
     status_code = 400
-    code = "not_sns_message"
+    code = ErrorCode.NOT_SNS_MESSAGE
 
 
 class SnsRefused(AppError):
     """Failed verification; ``code`` is the reason (bad_signature, topic_not_allowed, …)."""
 
     status_code = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class CertificateUnavailable(AppError):
     """AWS's certificate could not be fetched now: SNS should try again later."""
 
     status_code = 503
-    code = "certificate_unavailable"
+    code = ErrorCode.CERTIFICATE_UNAVAILABLE
 
 
 class SnsReceipt(BaseModel):
@@ -146,7 +146,7 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
             "SNS message refused",
             extra={"event": "sns_refused", "reason": exc.reason, "detail": str(exc)[:300]},
         )
-        raise SnsRefused("the SNS message did not verify", code=exc.reason) from exc
+        raise SnsRefused("the SNS message did not verify", code=ErrorCode(exc.reason)) from exc
 
     kind = message["Type"]
     async with driver_connection(request.app.state.engine) as connection:
