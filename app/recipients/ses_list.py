@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import Depends, Request
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -289,3 +290,12 @@ async def import_from_ses(
         else:
             known += 1
     return ImportResult(imported=imported, known=known)
+
+
+async def get_ses_list(request: Request) -> SesSuppressionList:
+    """The app's client of SES's account suppression list (built by the lifespan)."""
+    ses_list: SesSuppressionList = request.app.state.ses_suppression_list
+    return ses_list
+
+
+SesListDep = Annotated[SesSuppressionList, Depends(get_ses_list)]
