@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import NamedStatement, driver_connection
+from app.deps import get_engine
 from app.errors import Forbidden, Unauthorized
 from app.models import ApiKey, ApiKeyScope, Permission
 
@@ -291,7 +292,7 @@ async def require_caller(
     if caller is None:
         # asyncpg's connection, used only on a cache miss: the send path then needs no yield
         # dependency at all (see app/emails/router.py).
-        async with driver_connection(request.app.state.engine) as connection:
+        async with driver_connection(await get_engine(request)) as connection:
             found = await find_caller(connection, key_hash=key_hash)
         if found is None:
             raise Unauthorized("the API key is not valid")

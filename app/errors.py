@@ -7,6 +7,7 @@ Every error body has the same shape: ``{"error": {"code": ..., "message": ...}}`
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -27,48 +28,6 @@ from app.models import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class AppError(Exception):
-    status_code = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.extra = extra
-
-
-class Unauthorized(AppError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(AppError):
-    status_code = 403
-    code = "forbidden"
-
-
-class NotFound(AppError):
-    status_code = 404
-    code = "not_found"
-
-
-class Conflict(AppError):
-    status_code = 409
-    code = "conflict"
-
-
-class Unprocessable(AppError):
-    status_code = 422
-    code = "invalid_request"
-
-
-class UnsupportedMediaType(AppError):
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 class ErrorCode(StrEnum):
@@ -109,6 +68,48 @@ class ErrorCode(StrEnum):
     SUBSCRIBE_URL = "subscribe_url"
     SUBSCRIBE_FAILED = "subscribe_failed"
     CERTIFICATE_UNAVAILABLE = "certificate_unavailable"
+
+
+class AppError(Exception):
+    status_code = 400
+    # Each subclass names its code, or the raise site does (a Conflict says which one).
+    code: ErrorCode
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(AppError):
+    status_code = 409
+
+
+class Unprocessable(AppError):
+    status_code = 422
+    code = ErrorCode.INVALID_REQUEST
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class OptedOutCategory(StrEnum):
@@ -215,7 +216,7 @@ def error_responses(
     return responses
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+def error_body(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
@@ -251,10 +252,15 @@ RETRY_AFTER_SECONDS = 5
 _BODY_NOT_DECODABLE = "There was an error parsing the body"
 
 
-NO_SUCH_TYPE = (
-    "no such type of mail; POST to /emails/verify-email, /emails/password-reset, "
-    "/emails/email-change or /emails/matching-notification"
-)
+# What a 404 or 405 says on paths a router owns (it knows what exists there), or None for
+# the generic text; the app's assembly names them by path prefix.
+MissingText = Callable[[Request, int], str | None]
+
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
 _METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 
@@ -269,7 +275,17 @@ def _allowed_methods(request: Request) -> list[str]:
     return [method for method in _METHODS if _answers(request, method)]
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, *, missing_texts: Mapping[str, MissingText] | None = None
+) -> None:
+    """``missing_texts``: by path prefix, what a 404 or 405 there says."""
+
+    def missing_text(request: Request, status_code: int) -> str | None:
+        for prefix, text in (missing_texts or {}).items():
+            if request.url.path.startswith(prefix):
+                return text(request, status_code)
+        return None
+
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
         headers = None
@@ -290,7 +306,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return JSONResponse(
-            error_body("invalid_request", "the request is not valid", detail=detail),
+            error_body(ErrorCode.INVALID_REQUEST, "the request is not valid", detail=detail),
             status_code=422,
         )
 
@@ -301,24 +317,19 @@ def install_error_handlers(app: FastAPI) -> None:
             # parse): both are the same mistake, answered like any other invalid input.
             return JSONResponse(
                 error_body(
-                    "invalid_request",
+                    ErrorCode.INVALID_REQUEST,
                     "the request is not valid",
                     detail=[{"loc": ["body"], "msg": "not UTF-8 JSON", "type": "json_invalid"}],
                 ),
                 status_code=422,
             )
-        if exc.status_code == 404 and request.url.path.startswith("/emails/"):
-            message = NO_SUCH_TYPE if request.method == "POST" else "no such email"
-            return JSONResponse(error_body("not_found", message), status_code=404)
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         headers = getattr(exc, "headers", None)
         message = str(exc.detail)
+        if exc.status_code in (404, 405):
+            message = missing_text(request, exc.status_code) or message
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-            if request.method == "POST" and request.url.path.startswith("/emails/"):
-                message = NO_SUCH_TYPE
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -327,12 +338,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_database_unavailable(exc):
             log.error("database unavailable", extra={"error": type(exc).__name__})
             return JSONResponse(
-                error_body("unavailable", "the service is temporarily unavailable"),
+                error_body(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable"),
                 status_code=503,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         log.error("database error", exc_info=exc, extra={"path": request.url.path})
-        return JSONResponse(error_body("internal_error", "unexpected error"), status_code=500)
+        return JSONResponse(
+            error_body(ErrorCode.INTERNAL_ERROR, "unexpected error"), status_code=500
+        )
 
     for exc_class in (DBAPIError, OSError):
         app.add_exception_handler(exc_class, _database_error)

@@ -17,6 +17,7 @@ from app.config import MailBackend, Settings, load_settings
 from app.console.router import router as console_router
 from app.db import create_engine, create_sessionmaker, warn_if_over_budget
 from app.dev.router import router as dev_router
+from app.emails.router import missing_text as emails_missing_text
 from app.emails.router import router as emails_router
 from app.emails.sender import SesSender, open_sender
 from app.emails.worker import Worker
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **meta)
     app.state.settings = settings
-    install_error_handlers(app)
+    install_error_handlers(app, missing_texts={"/emails/": emails_missing_text})
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(emails_router)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app.cli import export_openapi
+from app.serve import export_openapi
 
 COMMITTED = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
 

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.console import rates, session
 from app.console.chart import rates_svg
 from app.db import SessionDep, driver_connection
+from app.deps import EngineDep, OutboxWakeDep, SettingsDep, get_settings
 from app.emails import outbox
 from app.emails import service as emails
 from app.emails.catalog import EMAIL_KINDS
@@ -29,7 +30,7 @@ from app.erasure.unlisting import erase_and_unlist
 from app.errors import NotFound
 from app.recipients import service as recipients
 from app.recipients.addresses import AddressError, address_hash, check_address
-from app.recipients.ses_list import SesSuppressionList, SesUnavailable
+from app.recipients.ses_list import SesListDep, SesUnavailable
 from app.support import search
 from app.support import service as support
 
@@ -79,13 +80,8 @@ templates.env.filters["when"] = lambda moment: (
 )
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _hash(request: Request, address: str) -> bytes:
-    secret = _settings(request).address_hash_secret.get_secret_value()
+async def _hash(request: Request, address: str) -> bytes:
+    secret = (await get_settings(request)).address_hash_secret.get_secret_value()
     return address_hash(address, secret=secret)
 
 
@@ -103,10 +99,12 @@ def _page(
     return response
 
 
-def _sign_in_page(request: Request, *, error: str | None = None, status: int = 200) -> Response:
+def _sign_in_page(
+    request: Request, settings: Settings, *, error: str | None = None, status: int = 200
+) -> Response:
     token = session.sign_in_token(request)
     response = _page(request, "sign_in.html", {"error": error, "csrf": token}, status_code=status)
-    session.keep_sign_in_token(request, response, token)
+    session.keep_sign_in_token(response, token, settings=settings)
     return response
 
 
@@ -161,10 +159,10 @@ def _bad_form(request: Request, signed: session.ConsoleSession | None) -> Respon
 
 
 @router.get("", response_class=HTMLResponse)
-async def home(request: Request, db: SessionDep) -> Response:
+async def home(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
     signed = await _signed_in(request, db)
     if signed is None:
-        return _sign_in_page(request)
+        return _sign_in_page(request, settings)
     day = await rates.buckets(db, unit="hour", count=24)
     week = await rates.buckets(db, unit="day", count=7)
     return _page(
@@ -194,35 +192,43 @@ def _totals(buckets: list[rates.Bucket]) -> dict[str, Any]:
 @router.post("/sign-in")
 async def sign_in(
     request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
     key: Annotated[str, Form(max_length=200)],
     csrf: Annotated[str, Form(max_length=100)],
 ) -> Response:
     if not session.same_token(request.cookies.get(session.SIGN_IN_COOKIE), csrf):
-        return _sign_in_page(request, error="フォームの有効期限が切れました。", status=403)
-    async with driver_connection(request.app.state.engine) as connection:
+        return _sign_in_page(
+            request, settings, error="フォームの有効期限が切れました。", status=403
+        )
+    async with driver_connection(engine) as connection:
         found = await find_caller(connection, key_hash=hash_key(key.strip()))
     if found is None:
-        return _sign_in_page(request, error="APIキーが正しくありません。", status=401)
+        return _sign_in_page(request, settings, error="APIキーが正しくありません。", status=401)
     caller, _ = found
     if not session.may_read(caller):
         return _sign_in_page(
             request,
+            settings,
             error="このキーではコンソールを使えません（support または admin キーが必要です）。",
             status=403,
         )
     response = RedirectResponse("/console", status_code=303)
-    session.start(response, settings=_settings(request), caller=caller)
+    session.start(response, settings=settings, caller=caller)
     return response
 
 
 @router.post("/sign-out")
 async def sign_out(
-    request: Request, db: SessionDep, csrf: Annotated[str, Form(max_length=100)]
+    request: Request,
+    db: SessionDep,
+    settings: SettingsDep,
+    csrf: Annotated[str, Form(max_length=100)],
 ) -> Response:
     signed = await _signed_in(request, db)
     response = _to_sign_in()
     if signed is not None and session.same_token(signed.csrf, csrf):
-        session.end(response, settings=_settings(request))
+        session.end(response, settings=settings)
     return response
 
 
@@ -262,7 +268,7 @@ async def _person(
             {"session": signed, "q": address, "emails": [], "error": str(exc)},
             status_code=422,
         )
-    hashed = _hash(request, address)
+    hashed = await _hash(request, address)
     verdict = await support.why(db, address=address, address_hash=hashed, type=None)
     try:
         state = await recipients.read_state(db, address_hash=hashed)
@@ -296,15 +302,11 @@ async def person(request: Request, db: SessionDep, address: str = "") -> Respons
     return await _person(request, db, signed, address.strip()[:254])
 
 
-def _ses_list(request: Request) -> SesSuppressionList:
-    ses_list: SesSuppressionList = request.app.state.ses_suppression_list
-    return ses_list
-
-
 @router.post("/person/lift", response_class=HTMLResponse)
 async def lift(
     request: Request,
     db: SessionDep,
+    ses_list: SesListDep,
     address: Annotated[str, Form(max_length=254)],
     csrf: Annotated[str, Form(max_length=100)],
     confirm: Annotated[str, Form(max_length=10)] = "",
@@ -316,11 +318,11 @@ async def lift(
         return await _person(
             request, db, signed, address, notice="確認のチェックを入れてください。"
         )
-    hashed = _hash(request, address)
+    hashed = await _hash(request, address)
     if await recipients.suppression_reason(db, address_hash=hashed) is None:
         return await _person(request, db, signed, address, notice="配信停止されていません。")
     try:
-        await _ses_list(request).remove(address)
+        await ses_list.remove(address)
     except SesUnavailable as exc:
         return await _person(
             request, db, signed, address, notice=f"SESに接続できず、解除できませんでした: {exc}"
@@ -334,6 +336,8 @@ async def lift(
 async def erase(
     request: Request,
     db: SessionDep,
+    settings: SettingsDep,
+    ses_list: SesListDep,
     address: Annotated[str, Form(max_length=254)],
     csrf: Annotated[str, Form(max_length=100)],
     confirm: Annotated[str, Form(max_length=10)] = "",
@@ -345,12 +349,11 @@ async def erase(
         return await _person(
             request, db, signed, address, notice="確認のチェックを入れてください。"
         )
-    settings: Settings = request.app.state.settings
     await erase_and_unlist(
         db,
-        ses=_ses_list(request),
+        ses=ses_list,
         address=address,
-        address_hash=_hash(request, address),
+        address_hash=await _hash(request, address),
         cause=signed.caller.cause,
         retry_seconds=settings.ses_list_retry_seconds,
     )
@@ -370,7 +373,7 @@ def mask_link(url: str) -> str:
 
 
 @router.get("/mail/{mail_id}", response_class=HTMLResponse)
-async def mail(request: Request, db: SessionDep, mail_id: str) -> Response:
+async def mail(request: Request, db: SessionDep, settings: SettingsDep, mail_id: str) -> Response:
     signed = await _signed_in(request, db)
     if signed is None:
         return _to_sign_in()
@@ -389,7 +392,6 @@ async def mail(request: Request, db: SessionDep, mail_id: str) -> Response:
         name: mask_link((message.params or {}).get(name) or "https://proworks.jp/***")
         for name in kind.params
     }
-    settings = _settings(request)
     preview = render_parts(
         kind=kind,
         params=params,
@@ -421,6 +423,7 @@ async def held(request: Request, db: SessionDep, notice: str | None = None) -> R
 async def held_action(
     request: Request,
     db: SessionDep,
+    wake_worker: OutboxWakeDep,
     action: str,
     csrf: Annotated[str, Form(max_length=100)],
     ids: Annotated[list[str] | None, Form()] = None,
@@ -443,7 +446,7 @@ async def held_action(
     cause = signed.caller.cause
     if action == "release":
         count = await outbox.release_held(connection, ids=chosen, cause=cause)
-        request.app.state.outbox_wake.set()
+        wake_worker.set()
         notice = f"{count}通を送信待ちに戻しました。"
     else:
         count = await outbox.discard_held(connection, ids=chosen, cause=cause)

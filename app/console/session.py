@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api_keys import Caller
 from app.config import Settings
+from app.deps import get_settings
 from app.models import ApiKey, ApiKeyScope, Permission
 
 COOKIE = "tegami_console"
@@ -88,7 +89,7 @@ def end(response: Response, *, settings: Settings) -> None:
 async def current(request: Request, session: AsyncSession) -> ConsoleSession | None:
     """The signed-in session, or None (no cookie, a bad or expired one, a revoked key, or a
     key no longer allowed)."""
-    settings: Settings = request.app.state.settings
+    settings = await get_settings(request)
     raw = request.cookies.get(COOKIE)
     if not raw:
         return None
@@ -117,8 +118,7 @@ def sign_in_token(request: Request) -> str:
     return request.cookies.get(SIGN_IN_COOKIE) or secrets.token_urlsafe(24)
 
 
-def keep_sign_in_token(request: Request, response: Response, token: str) -> None:
-    settings: Settings = request.app.state.settings
+def keep_sign_in_token(response: Response, token: str, *, settings: Settings) -> None:
     response.set_cookie(
         SIGN_IN_COOKIE,
         token,

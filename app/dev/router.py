@@ -11,10 +11,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
 
+from app.config import Settings
 from app.db import SessionDep
+from app.deps import SettingsDep
 from app.emails import service as emails
 from app.emails.catalog import EMAIL_KINDS
 from app.errors import AppError, NotFound
@@ -39,11 +41,6 @@ pre { background: #f6f6f6; padding: 1rem; white-space: pre-wrap; max-width: 80ch
 """
 
 
-def _mailbox(request: Request) -> Path:
-    directory: Path = request.app.state.settings.mailbox_dir
-    return directory
-
-
 def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         "<!doctype html><html lang='ja'><meta charset='utf-8'>"
@@ -51,8 +48,8 @@ def _page(title: str, body: str) -> HTMLResponse:
     )
 
 
-def _mail(request: Request, name: str) -> tuple[Path, EmailMessage]:
-    path = _mailbox(request) / name
+def _mail(settings: Settings, name: str) -> tuple[Path, EmailMessage]:
+    path = settings.mailbox_dir / name
     if not _MAIL_NAME.match(name) or not path.is_file():
         raise NotFound("no such mail")
     # The default policy makes an EmailMessage (get_body, decoded content).
@@ -60,9 +57,9 @@ def _mail(request: Request, name: str) -> tuple[Path, EmailMessage]:
 
 
 @router.get("/mailbox", response_class=HTMLResponse)
-async def mailbox(request: Request, session: SessionDep) -> HTMLResponse:
+async def mailbox(settings: SettingsDep, session: SessionDep) -> HTMLResponse:
     rows = []
-    directory = _mailbox(request)
+    directory = settings.mailbox_dir
     files = sorted(directory.glob("*.eml"), reverse=True) if directory.is_dir() else []
     for path in files[:200]:
         parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -80,7 +77,7 @@ async def mailbox(request: Request, session: SessionDep) -> HTMLResponse:
         + "".join(rows)
         + "</table>"
         + _PREVIEW_FORM
-        + await _webhook_events(request, session),
+        + await _webhook_events(settings, session),
     )
 
 
@@ -111,7 +108,7 @@ def _views(source_html: str) -> str:
 
 
 @router.get("/preview", response_class=HTMLResponse)
-async def preview(request: Request, type: str, to: str, link: str) -> HTMLResponse:
+async def preview(settings: SettingsDep, type: str, to: str, link: str) -> HTMLResponse:
     """The form's answer: the mail of that type with that link, as it would be sent."""
     kind = EMAIL_KINDS.get(type)
     if kind is None:
@@ -122,7 +119,7 @@ async def preview(request: Request, type: str, to: str, link: str) -> HTMLRespon
             kind=kind,
             params={kind.params[0]: link},
             send_at=None,
-            settings=request.app.state.settings,
+            settings=settings,
         )
     except AppError as refused:
         detail = html.escape(str(refused.extra.get("detail", "")))
@@ -138,9 +135,9 @@ async def preview(request: Request, type: str, to: str, link: str) -> HTMLRespon
     )
 
 
-async def _webhook_events(request: Request, session: SessionDep) -> str:
+async def _webhook_events(settings: Settings, session: SessionDep) -> str:
     """The events posted to TEGAMI_WEBHOOK_URL (`tegami dev --webhook-url`), and how each went."""
-    url = request.app.state.settings.webhook_url
+    url = settings.webhook_url
     if url is None:
         return "<h2>Webhooks</h2><p>Off: start with <code>tegami dev --webhook-url URL</code>.</p>"
     rows = [
@@ -160,9 +157,9 @@ async def _webhook_events(request: Request, session: SessionDep) -> str:
 
 
 @router.get("/mailbox/{name}", response_class=HTMLResponse)
-async def mailbox_item(name: str, request: Request) -> HTMLResponse:
+async def mailbox_item(name: str, settings: SettingsDep) -> HTMLResponse:
     """One mail as a recipient sees it: its HTML at desktop and phone width, text, headers."""
-    _, parsed = _mail(request, name)
+    _, parsed = _mail(settings, name)
     html_part = parsed.get_body(preferencelist=("html",))
     text_part = parsed.get_body(preferencelist=("plain",))
     headers = "".join(
@@ -187,8 +184,8 @@ async def mailbox_item(name: str, request: Request) -> HTMLResponse:
 
 
 @router.get("/mailbox/{name}/raw")
-async def mailbox_raw(name: str, request: Request) -> Response:
-    path, _ = _mail(request, name)
+async def mailbox_raw(name: str, settings: SettingsDep) -> Response:
+    path, _ = _mail(settings, name)
     return Response(
         path.read_bytes(),
         media_type="message/rfc822",

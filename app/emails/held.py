@@ -18,8 +18,8 @@ from typing import TextIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import load_database_settings
-from app.db import create_engine
+from app.commands import Command, command_engine, first_line
+from app.config import DatabaseSettings, load_database_settings
 from app.emails import outbox
 from app.recipients.addresses import mask_address
 
@@ -27,10 +27,7 @@ from app.recipients.addresses import mask_address
 GuardOutlook = Callable[[AsyncEngine], Awaitable[str]]
 
 
-def add_held_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    held = commands.add_parser(
-        "held", help="mail held by the reputation guard (needs only TEGAMI_DATABASE_URL)"
-    )
+def _arguments(held: argparse.ArgumentParser) -> None:
     actions = held.add_subparsers(dest="held_command", required=True)
     actions.add_parser(
         "list", help="every held mail: id, type, masked recipient, held since, and why"
@@ -51,20 +48,17 @@ def run_held_command(
         print("tegami: name the email ids, or --all (not both)", file=sys.stderr)
         return 2
     try:
-        settings = load_database_settings()
-        return asyncio.run(_run(settings.sqlalchemy_url, args, out, outlook))
+        return asyncio.run(_run(load_database_settings(), args, out, outlook))
     except Exception as exc:  # one line, never a traceback
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"tegami: {reason}", file=sys.stderr)
+        print(f"tegami: {first_line(exc)}", file=sys.stderr)
         return 1
 
 
 async def _run(
-    url: str, args: argparse.Namespace, out: TextIO, outlook: GuardOutlook | None
+    settings: DatabaseSettings, args: argparse.Namespace, out: TextIO, outlook: GuardOutlook | None
 ) -> int:
-    engine = create_engine(url, pool_size=1, max_overflow=0)
     cause = "cli:held"
-    try:
+    async with command_engine(settings) as engine:
         async with engine.begin() as conn:
             if args.held_command == "list":
                 held = await outbox.held_mail(conn)
@@ -91,5 +85,13 @@ async def _run(
         if args.held_command == "release" and count and outlook is not None:
             print(await outlook(engine), file=out)
         return 0
-    finally:
-        await engine.dispose()
+
+
+def held_command(*, outlook: GuardOutlook) -> Command:
+    """`tegami held`, saying what the guard will do next as ``outlook`` reads it."""
+    return Command(
+        "held",
+        "mail held by the reputation guard (needs only TEGAMI_DATABASE_URL)",
+        lambda args: run_held_command(args, outlook=outlook),
+        _arguments,
+    )

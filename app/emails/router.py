@@ -12,6 +12,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from app.api_keys import Caller, ReadMailKeyDep, SendKeyDep
 from app.config import Settings
 from app.db import SessionDep, driver_connection
+from app.deps import SettingsDep, get_engine, get_outbox_wake, get_settings
 from app.emails import service
 from app.emails.catalog import EMAIL_KINDS
 from app.emails.schemas import (
@@ -32,11 +33,22 @@ from app.emails.schemas import (
     PasswordResetCreate,
     VerifyEmailCreate,
 )
-from app.errors import Conflict, NotFound, UnsupportedMediaType, error_responses
-from app.models import MessageStatus
+from app.errors import Conflict, ErrorCode, NotFound, UnsupportedMediaType, error_responses
+from app.models import MailType, MessageStatus
 from app.ops.metrics import EMAILS_ACCEPTED, EMAILS_REFUSED
 
 router = APIRouter(prefix="/emails", tags=["emails"])
+
+_SEND_PATHS = [f"/emails/{kind.value}" for kind in MailType]
+NO_SUCH_TYPE = f"no such type of mail; POST to {', '.join(_SEND_PATHS[:-1])} or {_SEND_PATHS[-1]}"
+
+
+def missing_text(request: Request, status_code: int) -> str | None:
+    """What a 404 or 405 under /emails/ says: a POST there was meant to send, so it is told the
+    types there are; a GET that matches nothing looked for a mail."""
+    if request.method == "POST":
+        return NO_SUCH_TYPE
+    return "no such email" if status_code == 404 else None
 
 
 class _UuidText(Convertor[str]):
@@ -119,12 +131,13 @@ async def _send(
     caller: Caller,
     idempotency_key: str | None,
 ) -> EmailAccepted:
-    settings: Settings = request.app.state.settings
-    # The hot path takes asyncpg's connection rather than a SessionDep session: FastAPI's
+    # The hot path awaits what it needs (app.deps) rather than declaring FastAPI dependencies,
+    # and takes asyncpg's connection rather than a SessionDep session: FastAPI's
     # yield dependencies, the ORM session and SQLAlchemy's statement handling cost several
     # times the statement itself. service.accept is one statement, a transaction of its own:
     # the mail is committed when it returns, before the 202 goes out.
-    async with driver_connection(request.app.state.engine) as connection:
+    settings = await get_settings(request)
+    async with driver_connection(await get_engine(request)) as connection:
         try:
             accepted = await service.accept(
                 connection,
@@ -145,7 +158,7 @@ async def _send(
         response.headers["Idempotent-Replayed"] = "true"
     else:
         EMAILS_ACCEPTED.labels(type=kind).inc()
-        request.app.state.outbox_wake.set()
+        (await get_outbox_wake(request)).set()
     return EmailAccepted(id=accepted.id, status=accepted.status)
 
 
@@ -271,7 +284,7 @@ async def _send_batch(
     caller: Caller,
     idempotency_key: str | None,
 ) -> EmailBatchAccepted:
-    async with driver_connection(request.app.state.engine) as connection:
+    async with driver_connection(await get_engine(request)) as connection:
         accepted = await service.accept_batch(
             connection,
             kind=EMAIL_KINDS[kind],
@@ -279,7 +292,7 @@ async def _send_batch(
             items=body.emails,
             caller=caller,
             idempotency_key=idempotency_key,
-            settings=request.app.state.settings,
+            settings=await get_settings(request),
         )
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -289,7 +302,7 @@ async def _send_batch(
                 EMAILS_REFUSED.labels(type=kind, reason=result["error"]["code"]).inc()
         EMAILS_ACCEPTED.labels(type=kind).inc(accepted.accepted)
         if accepted.accepted:
-            request.app.state.outbox_wake.set()
+            (await get_outbox_wake(request)).set()
     return EmailBatchAccepted(
         results=[EmailBatchResult.model_validate(result) for result in accepted.results]
     )
@@ -300,10 +313,10 @@ def _add_preview_route(kind: str) -> None:
 
     async def preview(
         body: body_model,  # type: ignore[valid-type]
-        request: Request,
+        settings: SettingsDep,
         caller: SendKeyDep,
     ) -> EmailPreview:
-        return _preview(kind, body, request)
+        return _preview(kind, body, settings)
 
     preview.__annotations__["body"] = body_model
     router.add_api_route(
@@ -320,12 +333,12 @@ def _add_preview_route(kind: str) -> None:
     )
 
 
-def _preview(kind: str, body: EmailCreate, request: Request) -> EmailPreview:
+def _preview(kind: str, body: EmailCreate, settings: Settings) -> EmailPreview:
     parts = service.preview(
         kind=EMAIL_KINDS[kind],
         params=body.params.model_dump(),
         send_at=body.send_at,
-        settings=request.app.state.settings,
+        settings=settings,
     )
     return EmailPreview(subject=parts.subject, text=parts.text, html=parts.html)
 
@@ -381,7 +394,7 @@ async def get_email(id: uuid.UUID, session: SessionDep, caller: ReadMailKeyDep) 
     message, events = await service.read(session, message_id=id)
     if not caller.may_see_mail(api_key_id=message.api_key_id, test=message.test):
         # A mail this key may not read is not even said to exist.
-        raise NotFound("no such email", code="email_not_found")
+        raise NotFound("no such email", code=ErrorCode.EMAIL_NOT_FOUND)
     return EmailRead(
         id=message.id,
         type=message.kind,

@@ -23,7 +23,7 @@ from app.emails.catalog import EmailKind
 from app.emails.links import params_problems
 from app.emails.rendering import RenderedParts, SenderInfo, render_parts
 from app.emails.schemas import EmailCreate
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, ErrorCode, NotFound, Unprocessable
 from app.models import ApiKeyScope, Message, MessageEvent, MessageStatus
 from app.recipients.addresses import address_hash
 
@@ -66,7 +66,7 @@ def batch_fingerprint(*, kind: EmailKind, items: Sequence[Any]) -> bytes:
 def _reused_key() -> Unprocessable:
     return Unprocessable(
         "this Idempotency-Key was already used with a different request",
-        code="idempotency_key_reused",
+        code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
     )
 
 
@@ -83,7 +83,7 @@ def _answer_replay(
 def _params_invalid(problems: dict[str, str], loc: Sequence[str | int]) -> Unprocessable:
     return Unprocessable(
         "the params are not valid for this type of mail",
-        code="invalid_params",
+        code=ErrorCode.INVALID_PARAMS,
         detail=[{"loc": [*loc, "params", name], "msg": msg} for name, msg in problems.items()],
     )
 
@@ -91,7 +91,7 @@ def _params_invalid(problems: dict[str, str], loc: Sequence[str | int]) -> Unpro
 def _send_at_invalid(problem: str, loc: Sequence[str | int]) -> Unprocessable:
     return Unprocessable(
         "send_at cannot be honoured for this type of mail",
-        code="invalid_request",
+        code=ErrorCode.INVALID_REQUEST,
         detail=[{"loc": [*loc, "send_at"], "msg": problem, "type": "send_at"}],
     )
 
@@ -174,11 +174,13 @@ async def accept(
             scheduled=found.existing_scheduled,
         )
     if found.suppressed is not None:
-        raise Conflict("the address is suppressed", code="suppressed", reason=found.suppressed)
+        raise Conflict(
+            "the address is suppressed", code=ErrorCode.SUPPRESSED, reason=found.suppressed
+        )
     if found.opted_out and kind.category.optional:
         raise Conflict(
             "the recipient unsubscribed from this category",
-            code="opted_out",
+            code=ErrorCode.OPTED_OUT,
             reason=kind.category,
             category=kind.category,
         )
@@ -202,8 +204,8 @@ class BatchAccepted:
 
 
 _REFUSAL_MESSAGES = {
-    "suppressed": "the address is suppressed",
-    "opted_out": "the recipient unsubscribed from this category",
+    ErrorCode.SUPPRESSED: "the address is suppressed",
+    ErrorCode.OPTED_OUT: "the recipient unsubscribed from this category",
 }
 
 
@@ -212,7 +214,7 @@ def _answer_item(stored: dict[str, Any]) -> dict[str, Any]:
     if "code" not in stored:
         return {"id": stored["id"], "status": stored["status"]}
     error = dict(stored)
-    if error["code"] == "opted_out":
+    if error["code"] == ErrorCode.OPTED_OUT:
         error["reason"] = error["category"]
     error.setdefault("message", _REFUSAL_MESSAGES.get(error["code"], "refused"))
     return {"error": error}
@@ -331,14 +333,14 @@ async def cancel(session: AsyncSession, *, message_id: uuid.UUID, caller: Caller
         )
     ).first()
     if found is None or not caller.may_see_mail(api_key_id=found.api_key_id, test=found.test):
-        raise NotFound("no such email", code="email_not_found")
+        raise NotFound("no such email", code=ErrorCode.EMAIL_NOT_FOUND)
     stopped_at = await outbox.cancel(session, message_id=message_id, cause=caller.cause)
     if stopped_at is not None:
         raise Conflict(
             "the email is already being handed to SES"
             if stopped_at is MessageStatus.SENDING
             else f"the email can no longer be cancelled: it is {stopped_at.value}",
-            code="not_cancellable",
+            code=ErrorCode.NOT_CANCELLABLE,
             status=stopped_at.value,
         )
 
@@ -348,7 +350,7 @@ async def read(
 ) -> tuple[Message, list[MessageEvent]]:
     message = await session.get(Message, message_id)
     if message is None:
-        raise NotFound("no such email", code="email_not_found")
+        raise NotFound("no such email", code=ErrorCode.EMAIL_NOT_FOUND)
     events = (
         await session.execute(
             select(MessageEvent)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from app.api_keys import EraseKeyDep
-from app.config import Settings
 from app.db import SessionDep
+from app.deps import SettingsDep
 from app.erasure.unlisting import erase_and_unlist
 from app.errors import error_responses
-from app.recipients.router import INVALID_ADDRESS, EmailPath, hash_of, ses_list_of
+from app.recipients.router import INVALID_ADDRESS, EmailPath, hash_of
 from app.recipients.schemas import ErasureRead, SesSuppressionListRead
+from app.recipients.ses_list import SesListDep
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,17 @@ router = APIRouter(prefix="/recipients", tags=["recipients"])
     responses=error_responses(401, 403, 422, 503, _422=INVALID_ADDRESS),
 )
 async def erase_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: EraseKeyDep
+    email: EmailPath,
+    settings: SettingsDep,
+    session: SessionDep,
+    caller: EraseKeyDep,
+    ses_list: SesListDep,
 ) -> ErasureRead:
-    settings: Settings = request.app.state.settings
     done = await erase_and_unlist(
         session,
-        ses=ses_list_of(request),
+        ses=ses_list,
         address=email,
-        address_hash=hash_of(request, email),
+        address_hash=hash_of(settings, email),
         cause=caller.cause,
         retry_seconds=settings.ses_list_retry_seconds,
     )

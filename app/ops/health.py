@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.deps import EngineDep
 
 router = APIRouter(tags=["health"])
 
@@ -38,8 +39,7 @@ async def healthz() -> HealthRead:
         503: {"model": ReadinessRead, "description": "The database cannot be reached."}
     },
 )
-async def readyz(request: Request) -> JSONResponse:
-    engine: AsyncEngine = request.app.state.engine
+async def readyz(engine: EngineDep) -> JSONResponse:
     try:
         async with asyncio.timeout(3):
             async with engine.connect() as conn:

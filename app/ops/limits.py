@@ -8,7 +8,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import ErrorCode, error_body
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 2 * 1024 * 1024
@@ -74,7 +74,7 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
-        body = json.dumps(error_body("payload_too_large", message)).encode()
+        body = json.dumps(error_body(ErrorCode.PAYLOAD_TOO_LARGE, message)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -21,6 +21,8 @@ from prometheus_client import (
 from sqlalchemy import Float, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.config import Settings
+from app.deps import EngineDep, SettingsDep
 from app.errors import Unauthorized, error_responses
 from app.models import PENDING_STATUSES, Message, MessageStatus
 
@@ -91,8 +93,8 @@ async def read_due_age(engine: AsyncEngine) -> float:
         return float((await conn.execute(_DUE)).scalar_one())
 
 
-def _check_token(request: Request) -> None:
-    token = request.app.state.settings.metrics_token
+def _check_token(request: Request, settings: Settings) -> None:
+    token = settings.metrics_token
     if token is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -111,11 +113,11 @@ def _check_token(request: Request) -> None:
         **error_responses(401),
     },
 )
-async def metrics(request: Request) -> Response:
-    _check_token(request)
+async def metrics(request: Request, settings: SettingsDep, engine: EngineDep) -> Response:
+    _check_token(request, settings)
     try:
-        depth, age = await read_outbox(request.app.state.engine)
-        due_age = await read_due_age(request.app.state.engine)
+        depth, age = await read_outbox(engine)
+        due_age = await read_due_age(engine)
     except Exception:
         # Metrics must still answer while the database is away; the gauges say -1.
         depth, age, due_age = -1, -1.0, -1.0

@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from pydantic import AfterValidator, WithJsonSchema
 from starlette.convertors import Convertor, register_url_convertor
 
 from app.api_keys import OptOutKeyDep, ReadRecipientsKeyDep, SuppressKeyDep
 from app.config import Settings
 from app.db import SessionDep
-from app.errors import NotFound, Unprocessable, error_responses
+from app.deps import SettingsDep
+from app.errors import ErrorCode, NotFound, Unprocessable, error_responses
 from app.models import Category, SuppressionReason
 from app.recipients import service
 from app.recipients.addresses import ADDRESS_JSON_SCHEMA, address_hash, check_address
@@ -26,7 +27,7 @@ from app.recipients.schemas import (
     SuppressionLiftRead,
     SuppressionRead,
 )
-from app.recipients.ses_list import SesSuppressionList
+from app.recipients.ses_list import SesListDep
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,7 @@ EmailPath = Annotated[
 INVALID_ADDRESS = "Not an email address (`invalid_request`)."
 
 
-def hash_of(request: Request, email: str) -> bytes:
-    settings: Settings = request.app.state.settings
+def hash_of(settings: Settings, email: str) -> bytes:
     return address_hash(email, secret=settings.address_hash_secret.get_secret_value())
 
 
@@ -120,11 +120,11 @@ register_url_convertor("anytext", _AnyText())
 async def suppress_recipient(
     email: EmailPath,
     body: SuppressionCreate,
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     caller: SuppressKeyDep,
 ) -> RecipientRead:
-    hashed = hash_of(request, email)
+    hashed = hash_of(settings, email)
     await service.suppress(
         session,
         address_hash=hashed,
@@ -146,14 +146,14 @@ CategoryPath = Annotated[
 
 
 async def _opt_out_target(
-    request: Request, session: SessionDep, *, email: str, category: Category
+    settings: SettingsDep, session: SessionDep, *, email: str, category: Category
 ) -> bytes:
     if not category.optional:
         raise Unprocessable(
             f"{category} mail is sent because the user asked for it: it cannot be opted out of",
-            code="category_not_optional",
+            code=ErrorCode.CATEGORY_NOT_OPTIONAL,
         )
-    return hash_of(request, email)
+    return hash_of(settings, email)
 
 
 _OPT_OUT_422 = (
@@ -174,11 +174,11 @@ _OPT_OUT_422 = (
 async def put_opt_out(
     email: EmailPath,
     category: CategoryPath,
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     caller: OptOutKeyDep,
 ) -> RecipientRead:
-    hashed = await _opt_out_target(request, session, email=email, category=category)
+    hashed = await _opt_out_target(settings, session, email=email, category=category)
     recipient_id = await service.ensure_recipient(
         session, address=email, address_hash=hashed, user_id=None
     )
@@ -208,11 +208,11 @@ async def put_opt_out(
 async def delete_opt_out(
     email: EmailPath,
     category: CategoryPath,
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     caller: OptOutKeyDep,
 ) -> RecipientRead:
-    hashed = await _opt_out_target(request, session, email=email, category=category)
+    hashed = await _opt_out_target(settings, session, email=email, category=category)
     recipient_id = await service.recipient_id(session, address_hash=hashed)
     if recipient_id is not None:
         await service.opt_in(
@@ -220,11 +220,6 @@ async def delete_opt_out(
         )
         await session.commit()
     return await _state(session, hashed)
-
-
-def ses_list_of(request: Request) -> SesSuppressionList:
-    ses_list: SesSuppressionList = request.app.state.ses_suppression_list
-    return ses_list
 
 
 @router.delete(
@@ -250,15 +245,19 @@ def ses_list_of(request: Request) -> SesSuppressionList:
     ),
 )
 async def lift_suppression(
-    email: EmailPath, request: Request, session: SessionDep, caller: SuppressKeyDep
+    email: EmailPath,
+    settings: SettingsDep,
+    session: SessionDep,
+    caller: SuppressKeyDep,
+    ses_list: SesListDep,
 ) -> SuppressionLiftRead:
-    hashed = hash_of(request, email)
+    hashed = hash_of(settings, email)
     if await service.suppression_reason(session, address_hash=hashed) is None:
-        raise NotFound("the address is not suppressed", code="suppression_not_found")
+        raise NotFound("the address is not suppressed", code=ErrorCode.SUPPRESSION_NOT_FOUND)
     # SES first: if it fails, tegami still holds the suppression and the operator retries.
-    outcome = await ses_list_of(request).remove(email)
+    outcome = await ses_list.remove(email)
     if not await service.lift_suppression(session, address_hash=hashed, cause=caller.cause):
-        raise NotFound("the address is not suppressed", code="suppression_not_found")
+        raise NotFound("the address is not suppressed", code=ErrorCode.SUPPRESSION_NOT_FOUND)
     await session.commit()
     return SuppressionLiftRead(ses_suppression_list=SesSuppressionListRead(outcome=outcome))
 
@@ -279,6 +278,6 @@ async def lift_suppression(
     ),
 )
 async def get_recipient(
-    email: EmailPath, request: Request, session: SessionDep, caller: ReadRecipientsKeyDep
+    email: EmailPath, settings: SettingsDep, session: SessionDep, caller: ReadRecipientsKeyDep
 ) -> RecipientRead:
-    return await _state(session, hash_of(request, email))
+    return await _state(session, hash_of(settings, email))

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Fragment, NamedStatement, compose
-from app.errors import NotFound
+from app.errors import ErrorCode, NotFound
 from app.models import (
     AuditEvent,
     Category,
@@ -282,7 +282,9 @@ async def read_state(session: AsyncSession, *, address_hash: bytes) -> Recipient
     ).scalars()
     events = list(history)
     if recipient is None and suppression is None and not events:
-        raise NotFound("tegami holds nothing about this address", code="recipient_not_found")
+        raise NotFound(
+            "tegami holds nothing about this address", code=ErrorCode.RECIPIENT_NOT_FOUND
+        )
     opt_outs: list[OptOut] = []
     if recipient is not None:
         opt_outs = list(

@@ -20,14 +20,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import Depends, Request
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app import aws
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.models import SesListRemoval, SuppressionReason
 from app.recipients import service
 from app.recipients.addresses import (
@@ -57,7 +58,7 @@ class SesListOutcome(StrEnum):
 
 class SesUnavailable(AppError):
     status_code = 502
-    code = "ses_unavailable"
+    code = ErrorCode.SES_UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -287,3 +288,12 @@ async def import_from_ses(
         else:
             known += 1
     return ImportResult(imported=imported, known=known)
+
+
+async def get_ses_list(request: Request) -> SesSuppressionList:
+    """The app's client of SES's account suppression list (built by the lifespan)."""
+    ses_list: SesSuppressionList = request.app.state.ses_suppression_list
+    return ses_list
+
+
+SesListDep = Annotated[SesSuppressionList, Depends(get_ses_list)]

@@ -2,7 +2,7 @@
 
 Each check is a small async function that returns :class:`Check` values (never raises for
 what it checks: an AWS or DNS error becomes a failed check that says so). ``run_checks`` runs
-them in order; the CLI prints them (app/cli.py), the status endpoint returns them as JSON.
+them in order; `tegami doctor` prints them (app/admin_commands.py), GET /status/setup as JSON.
 SES and SNS are asked through their own APIs with the app's clients (app.aws, which honours
 ``AWS_ENDPOINT_URL`` and its per-service forms); DNS through ``app.setup.domain``'s own check.
 """

@@ -4,8 +4,7 @@
 and zone-file snippet) and ``check`` judges what DNS answers against them (``judge``, pure).
 The I/O around them is thin: SES v2 through aioboto3, DNS through dnspython's async resolver.
 
-Wiring into the ``tegami`` parser: ``add_domain_commands(subparsers)`` and, for
-``args.command == "domain"``, ``raise SystemExit(run_domain_command(args))``.
+``DOMAIN`` is the command as the ``tegami`` parser registers it.
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
+
+from app.commands import Command
 
 if TYPE_CHECKING:
     from app.aws import Refusal
@@ -482,8 +483,7 @@ async def observe(
 # --- commands ----------------------------------------------------------------------------------
 
 
-def add_domain_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    domain = subparsers.add_parser("domain", help="set up and check the sending domain in SES/DNS")
+def domain_arguments(domain: argparse.ArgumentParser) -> None:
     commands = domain.add_subparsers(dest="domain_command", required=True)
     for name, text in (
         ("setup", "create the SES identity (Easy DKIM, MAIL FROM) and print the DNS records"),
@@ -591,3 +591,8 @@ def run_domain_command(
     except DomainError as exc:
         print(f"tegami: {exc}", file=err)
         return 2
+
+
+DOMAIN = Command(
+    "domain", "set up and check the sending domain in SES/DNS", run_domain_command, domain_arguments
+)

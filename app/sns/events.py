@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from app.emails.lifecycle import Event, Report
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.recipients.addresses import address_hash
 from app.recipients.rules import Feedback
 
@@ -43,7 +43,7 @@ class SesEventError(ValueError):
 
 class UnreadableSesEvent(AppError):
     status_code = 400
-    code = "unreadable_ses_event"
+    code = ErrorCode.UNREADABLE_SES_EVENT
 
 
 @dataclass(frozen=True)

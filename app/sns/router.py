@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.config import Settings
 from app.db import driver_connection
-from app.errors import AppError, error_responses
+from app.deps import get_engine, get_http, get_reputation_nudge, get_settings
+from app.errors import AppError, ErrorCode, error_responses
 from app.ops.metrics import SNS_MESSAGES
 from app.sns import feedback, service
 from app.sns.schemas import sns_message_schema
@@ -28,23 +28,29 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/sns", tags=["sns"])
 
 
+async def get_certificates(request: Request) -> CertificateStore:
+    """AWS's signing certificates, cached by URL for the app's life (built by the lifespan)."""
+    certificates: CertificateStore = request.app.state.sns_certificates
+    return certificates
+
+
 class NotSnsMessage(AppError):
     status_code = 400
-    code = "not_sns_message"
+    code = ErrorCode.NOT_SNS_MESSAGE
 
 
 class SnsRefused(AppError):
     """Failed verification; ``code`` is the reason (bad_signature, topic_not_allowed, …)."""
 
     status_code = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class CertificateUnavailable(AppError):
     """AWS's certificate could not be fetched now: SNS should try again later."""
 
     status_code = 503
-    code = "certificate_unavailable"
+    code = ErrorCode.CERTIFICATE_UNAVAILABLE
 
 
 class SnsReceipt(BaseModel):
@@ -114,8 +120,9 @@ _SNS_EXAMPLE = {
     ),
 )
 async def receive_ses_event(request: Request) -> SnsReceipt:
-    settings: Settings = request.app.state.settings
-    certificates: CertificateStore = request.app.state.sns_certificates
+    # The hot path: what it needs is awaited here, not resolved as FastAPI dependencies.
+    settings = await get_settings(request)
+    certificates = await get_certificates(request)
     body = await request.body()
     try:
         message = parse_message(body)
@@ -146,10 +153,10 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
             "SNS message refused",
             extra={"event": "sns_refused", "reason": exc.reason, "detail": str(exc)[:300]},
         )
-        raise SnsRefused("the SNS message did not verify", code=exc.reason) from exc
+        raise SnsRefused("the SNS message did not verify", code=ErrorCode(exc.reason)) from exc
 
     kind = message["Type"]
-    async with driver_connection(request.app.state.engine) as connection:
+    async with driver_connection(await get_engine(request)) as connection:
         if kind == "Notification":
             # The hot path: committed when apply_notification returns.
             outcome = await feedback.apply_notification(
@@ -157,11 +164,11 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
                 message=message,
                 secret=settings.address_hash_secret.get_secret_value(),
                 now=datetime.now(UTC),
-                on_reputation_event=request.app.state.reputation.nudge,
+                on_reputation_event=await get_reputation_nudge(request),
             )
         elif kind == "SubscriptionConfirmation":
             outcome = await service.confirm_subscription(
-                connection, message=message, http=request.app.state.http
+                connection, message=message, http=await get_http(request)
             )
         else:
             outcome = await service.record_unsubscribe_confirmation(connection, message=message)

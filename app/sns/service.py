@@ -21,7 +21,7 @@ from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import NamedStatement
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.models import SnsMessage
 from app.sns.signature import SnsVerificationError, check_subscribe_url
 
@@ -41,12 +41,12 @@ class SnsOutcome(StrEnum):
 class SubscribeFailed(AppError):
     # Not the caller's fault and worth another try: SNS re-sends the confirmation on 5xx.
     status_code = 502
-    code = "subscribe_failed"
+    code = ErrorCode.SUBSCRIBE_FAILED
 
 
 class SubscribeUrlRefused(AppError):
     status_code = 403
-    code = "subscribe_url"
+    code = ErrorCode.SUBSCRIBE_URL
 
 
 # -- de-duplication -------------------------------------------------------------------------

@@ -6,12 +6,13 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from app.api_keys import StatusKeyDep
-from app.config import Settings
+from app.deps import EngineDep, HttpDep, SettingsDep
 from app.errors import error_responses
 from app.reputation.watch import Level, ReputationWatch
 from app.setup import doctor
@@ -20,6 +21,30 @@ router = APIRouter(prefix="/status", tags=["operations"])
 # Each run asks SES, SNS and DNS: answers are kept this long, and calls meanwhile share them.
 SETUP_CACHE_SECONDS = 30.0
 _clock = time.monotonic
+
+
+@dataclass
+class _SetupCache:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answer: SetupRead | None = None
+    at: float = 0.0
+
+
+async def get_setup_cache(request: Request) -> _SetupCache:
+    """One per app, made at the first call."""
+    cache: _SetupCache | None = getattr(request.app.state, "setup_cache", None)
+    if cache is None:
+        cache = request.app.state.setup_cache = _SetupCache()
+    return cache
+
+
+async def get_reputation(request: Request) -> ReputationWatch:
+    watch: ReputationWatch = request.app.state.reputation
+    return watch
+
+
+SetupCacheDep = Annotated[_SetupCache, Depends(get_setup_cache)]
+ReputationDep = Annotated[ReputationWatch, Depends(get_reputation)]
 
 
 class RateRead(BaseModel):
@@ -72,8 +97,7 @@ class ReputationRead(BaseModel):
     operation_id="getReputation",
     responses=error_responses(401, 403, 503),
 )
-async def reputation(request: Request, caller: StatusKeyDep) -> ReputationRead:
-    watch: ReputationWatch = request.app.state.reputation
+async def reputation(caller: StatusKeyDep, watch: ReputationDep) -> ReputationRead:
     # Fresh numbers, so an operator never reads a stale hold.
     await watch.evaluate()
     if watch.account.checked_at is None:
@@ -107,17 +131,19 @@ class SetupRead(BaseModel):
     operation_id="getSetup",
     responses=error_responses(401, 403, 503),
 )
-async def setup(request: Request, caller: StatusKeyDep) -> SetupRead:
-    cache: _SetupCache | None = getattr(request.app.state, "setup_cache", None)
-    if cache is None:
-        cache = request.app.state.setup_cache = _SetupCache()
+async def setup(
+    caller: StatusKeyDep,
+    cache: SetupCacheDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    http: HttpDep,
+) -> SetupRead:
     async with cache.lock:
         if cache.answer is None or _clock() - cache.at >= SETUP_CACHE_SECONDS:
-            settings: Settings = request.app.state.settings
             checks = await doctor.run_checks(
                 settings,
-                engine=request.app.state.engine,
-                http=request.app.state.http,
+                engine=engine,
+                http=http,
                 nameserver=settings.dns_nameserver,
             )
             cache.answer = SetupRead(
@@ -129,10 +155,3 @@ async def setup(request: Request, caller: StatusKeyDep) -> SetupRead:
             )
             cache.at = _clock()
         return cache.answer
-
-
-@dataclass
-class _SetupCache:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    answer: SetupRead | None = None
-    at: float = 0.0

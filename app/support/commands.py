@@ -8,15 +8,14 @@ import asyncio
 import sys
 from typing import TextIO
 
+from app.commands import Command, command_session, first_line
 from app.config import Settings, SettingsError, load_settings
-from app.db import create_engine, create_sessionmaker
 from app.models import MailType, MessageStatus
 from app.recipients.addresses import AddressError, address_hash, check_address
 from app.support import search, service
 
 
-def add_support_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    emails = commands.add_parser("emails", help="find mail (as GET /emails)")
+def _emails_arguments(emails: argparse.ArgumentParser) -> None:
     actions = emails.add_subparsers(dest="emails_command", required=True)
     find = actions.add_parser("find", help="a person's mail, newest first")
     find.add_argument("--to", metavar="ADDRESS", help="the recipient, in any case or spelling")
@@ -25,9 +24,9 @@ def add_support_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     find.add_argument("--status", choices=[s.value for s in MessageStatus], help="one status")
     find.add_argument("--tag", action="append", metavar="KEY:VALUE", help="repeatable")
     find.add_argument("--limit", type=int, default=20, help="at most 100 (default: 20)")
-    why = commands.add_parser(
-        "why", help="why a person did or did not get a mail, in Japanese (as GET .../why)"
-    )
+
+
+def _why_arguments(why: argparse.ArgumentParser) -> None:
     why.add_argument("address", metavar="ADDRESS", help="the recipient, in any case or spelling")
     why.add_argument("--type", choices=[t.value for t in MailType], help="default: any type")
 
@@ -42,8 +41,7 @@ def run_support_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> i
         print(f"tegami: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one line, never a traceback
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"tegami: {reason}", file=sys.stderr)
+        print(f"tegami: {first_line(exc)}", file=sys.stderr)
         return 1
 
 
@@ -61,39 +59,35 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    engine = create_engine(settings.sqlalchemy_url, pool_size=1, max_overflow=0)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            if args.command == "why":
-                verdict = await service.why(
-                    session,
-                    address=args.address,
-                    address_hash=_hash(settings, args.address),
-                    type=args.type,
-                )
-                _table(
-                    [
-                        ["verdict", verdict.verdict.value],
-                        ["email_id", str(verdict.email_id or "-")],
-                        ["explanation", verdict.explanation],
-                        ["next_step", verdict.next_step],
-                    ],
-                    out,
-                )
-                return 0
-            page = await search.find_emails(
+    async with command_session(settings) as session:
+        if args.command == "why":
+            verdict = await service.why(
                 session,
-                filters=search.Filters(
-                    address_hash=_hash(settings, args.to) if args.to else None,
-                    user_id=args.user_id,
-                    type=args.type,
-                    status=args.status,
-                    tags=dict(search.parse_tag(t) for t in args.tag) if args.tag else None,
-                ),
-                limit=args.limit,
+                address=args.address,
+                address_hash=_hash(settings, args.address),
+                type=args.type,
             )
-    finally:
-        await engine.dispose()
+            _table(
+                [
+                    ["verdict", verdict.verdict.value],
+                    ["email_id", str(verdict.email_id or "-")],
+                    ["explanation", verdict.explanation],
+                    ["next_step", verdict.next_step],
+                ],
+                out,
+            )
+            return 0
+        page = await search.find_emails(
+            session,
+            filters=search.Filters(
+                address_hash=_hash(settings, args.to) if args.to else None,
+                user_id=args.user_id,
+                type=args.type,
+                status=args.status,
+                tags=dict(search.parse_tag(t) for t in args.tag) if args.tag else None,
+            ),
+            limit=args.limit,
+        )
     rows = [["created (UTC)", "id", "type", "status", "to", "last event"]]
     for e in page.emails:
         last = ""
@@ -113,3 +107,12 @@ async def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
     more = " (more: narrow the search or raise --limit)" if page.next_cursor else ""
     print(f"{len(page.emails)} found{more}", file=out)
     return 0
+
+
+EMAILS = Command("emails", "find mail (as GET /emails)", run_support_command, _emails_arguments)
+WHY = Command(
+    "why",
+    "why a person did or did not get a mail, in Japanese (as GET .../why)",
+    run_support_command,
+    _why_arguments,
+)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from app.api_keys import Caller, ReadMailKeyDep, ReadRecipientsKeyDep
 from app.config import Settings
 from app.db import NO_NUL, SessionDep
+from app.deps import SettingsDep
 from app.errors import error_responses
 from app.models import MailType, MessageStatus
 from app.recipients.addresses import ADDRESS_JSON_SCHEMA, address_hash, check_address
@@ -22,8 +23,7 @@ from app.support.search import CURSOR_PATTERN, TAG_FILTER_PATTERN
 router = APIRouter(tags=["support"])
 
 
-def _hash(request: Request, email: str) -> bytes:
-    settings: Settings = request.app.state.settings
+def _hash(settings: Settings, email: str) -> bytes:
     return address_hash(email, secret=settings.address_hash_secret.get_secret_value())
 
 
@@ -57,7 +57,7 @@ def own_mail_only(caller: Caller) -> int | None:
     ),
 )
 async def find_emails(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     caller: ReadMailKeyDep,
     to: Annotated[
@@ -96,7 +96,7 @@ async def find_emails(
     page = await search.find_emails(
         session,
         filters=search.Filters(
-            address_hash=_hash(request, to) if to is not None else None,
+            address_hash=_hash(settings, to) if to is not None else None,
             user_id=user_id,
             type=type.value if type is not None else None,
             status=status.value if status is not None else None,
@@ -142,7 +142,7 @@ async def find_emails(
 )
 async def why(
     email: EmailPath,
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     caller: ReadRecipientsKeyDep,
     type: MailType | None = None,
@@ -150,7 +150,7 @@ async def why(
     verdict = await service.why(
         session,
         address=email,
-        address_hash=_hash(request, email),
+        address_hash=_hash(settings, email),
         type=type.value if type is not None else None,
         api_key_id=own_mail_only(caller),
     )

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.contact import contact_html
 from app.db import SessionDep
+from app.deps import SettingsDep
 from app.errors import error_responses
 from app.models import OPTIONAL_CATEGORIES, Category
 from app.recipients import service as recipients
@@ -223,8 +224,7 @@ def fingerprint(token: str) -> str:
         **error_responses(422, 503, html_route=True, _422=_NEVER_422),
     },
 )
-async def unsubscribe_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
-    settings: Settings = request.app.state.settings
+async def unsubscribe_page(token: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     target = await _link_target(settings, session, token)
     if target is None:
         return _not_found(settings)
@@ -262,8 +262,9 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep) ->
         **error_responses(413, 422, 503, html_route=True, _422=_NEVER_422),
     },
 )
-async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
-    settings: Settings = request.app.state.settings
+async def unsubscribe(
+    token: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
     target = await _link_target(settings, session, token)
     if target is None:
         return _not_found(settings)
@@ -315,8 +316,9 @@ async def unsubscribe(token: str, request: Request, session: SessionDep) -> HTML
         **error_responses(413, 422, 503, html_route=True, _422=_NEVER_422),
     },
 )
-async def resubscribe(token: str, request: Request, session: SessionDep) -> HTMLResponse:
-    settings: Settings = request.app.state.settings
+async def resubscribe(
+    token: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
     target = await _link_target(settings, session, token)
     if target is None:
         return _not_found(settings)

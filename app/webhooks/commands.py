@@ -11,8 +11,8 @@ from typing import TextIO
 
 import httpx
 
+from app.commands import Command, command_session
 from app.config import SettingsError, load_database_settings, load_settings
-from app.db import create_engine
 from app.webhooks import deliveries
 from app.webhooks.dispatcher import send_test
 
@@ -36,8 +36,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-def add_webhook_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    webhooks = subparsers.add_parser("webhooks", help="the events posted to TEGAMI_WEBHOOK_URL")
+def _arguments(webhooks: argparse.ArgumentParser) -> None:
     commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     replay = commands.add_parser(
         "replay",
@@ -57,12 +56,8 @@ def add_webhook_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
 
 
 async def _replay(since: datetime) -> int:
-    engine = create_engine(load_database_settings().sqlalchemy_url, pool_size=1)
-    try:
-        async with engine.begin() as connection:
-            return await deliveries.replay(connection, since=since)
-    finally:
-        await engine.dispose()
+    async with command_session(load_database_settings()) as session:
+        return await deliveries.replay(await session.connection(), since=since)
 
 
 async def _test(out: TextIO, err: TextIO) -> int:
@@ -99,3 +94,8 @@ def run_webhook_command(
     except OSError as exc:
         print(f"tegami: the database cannot be reached ({exc})", file=err)
         return 2
+
+
+WEBHOOKS = Command(
+    "webhooks", "the events posted to TEGAMI_WEBHOOK_URL", run_webhook_command, _arguments
+)

@@ -290,3 +290,35 @@ async def test_unknown_email_id_is_404(client: httpx.AsyncClient, auth: dict[str
     answer = await client.get(f"/emails/{uuid.uuid4()}", headers=auth)
     assert answer.status_code == 404
     assert answer.json()["error"]["code"] == "email_not_found"
+
+
+NO_SUCH_TYPE = (
+    "no such type of mail; POST to /emails/verify-email, /emails/password-reset, "
+    "/emails/email-change or /emails/matching-notification"
+)
+
+
+async def test_a_path_under_emails_that_is_not_there_says_what_is(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    def error(answer: httpx.Response) -> tuple[int, dict[str, str], str | None]:
+        return answer.status_code, answer.json()["error"], answer.headers.get("allow")
+
+    no_type = await client.post("/emails/newsletter", json=body(), headers=auth)
+    assert error(no_type) == (404, {"code": "not_found", "message": NO_SUCH_TYPE}, None)
+    no_mail = await client.get("/emails/newsletter", headers=auth)
+    assert error(no_mail) == (404, {"code": "not_found", "message": "no such email"}, None)
+    post_to_a_mail = await client.post(f"/emails/{uuid.uuid4()}", json=body(), headers=auth)
+    assert error(post_to_a_mail) == (
+        405,
+        {"code": "method_not_allowed", "message": NO_SUCH_TYPE},
+        "DELETE, GET",
+    )
+    get_a_send_path = await client.get("/emails/verify-email", headers=auth)
+    assert error(get_a_send_path) == (
+        405,
+        {"code": "method_not_allowed", "message": "Method Not Allowed"},
+        "POST",
+    )
+    elsewhere = await client.get("/nowhere", headers=auth)
+    assert error(elsewhere) == (404, {"code": "not_found", "message": "Not Found"}, None)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.cli import run_import_from_ses
+from app.admin_commands import run_import_from_ses
 from app.config import MailBackend, Settings
 from app.models import SesListRemoval
 from tests.conditions import eventually

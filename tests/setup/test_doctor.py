@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.cli import run_doctor
+from app.admin_commands import run_doctor
 from app.config import Settings
 from app.main import create_app
 from app.setup.domain import expected_records, zone_snippet

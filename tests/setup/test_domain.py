@@ -27,8 +27,8 @@ from app.setup import domain
 from app.setup.domain import (
     DnsRecord,
     Kind,
-    add_domain_commands,
     dmarc_tags,
+    domain_arguments,
     expected_records,
     mail_from_domain,
     parse_nameserver,
@@ -48,9 +48,9 @@ TOKENS = [
 
 
 def build_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tegami")
-    add_domain_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["domain", *argv])
+    parser = argparse.ArgumentParser(prog="tegami domain")
+    domain_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def run(*argv: str) -> tuple[int, str, str]:
