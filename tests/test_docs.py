@@ -1,5 +1,6 @@
-"""The documentation follows the code: every setting, command, route and webhook event is in
-its page of docs/, and no relative link of a Markdown file points to a missing file or heading.
+"""The documentation follows the code: every setting, command, route, error code and webhook
+event is in its page of docs/, and no relative link of a Markdown file points to a missing file
+or heading.
 
 Pure: reads files and the command's parser, starts nothing.
 """
@@ -163,6 +164,12 @@ def test_every_route_is_in_docs_api() -> None:
         if path not in page and shape not in page:
             missing.append(path)
     assert missing == [], "routes missing from docs/api.md"
+
+
+def test_every_error_code_is_in_docs_api() -> None:
+    page = (DOCS / "api.md").read_text()
+    codes = _openapi()["components"]["schemas"]["ErrorCode"]["enum"]
+    assert [code for code in codes if f"`{code}`" not in page] == [], "codes missing from api.md"
 
 
 def test_every_webhook_event_and_field_is_in_docs_events() -> None:
