@@ -154,7 +154,7 @@ class ErrorBody(BaseModel):
     permission: Permission | None = Field(
         default=None,
         description="403 `forbidden`: the permission the request needs, which that scope "
-        "lacks (the README's scope table says which scope has which).",
+        "lacks (the scope table of docs/api.md says which scope has which).",
     )
 
 

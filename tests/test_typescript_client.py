@@ -93,7 +93,7 @@ PROJECTS = {
     ),
 }
 
-# The functions the README's routes call are the app's own; typed strictly here, so that a
+# The functions the route handlers of docs/ call are the app's own; typed strictly here, so that a
 # payload field typed looser than the app's code (a string for an enum) does not compile.
 _README_STUBS = """
 import type { SuppressionReason } from "@proworks/tegami-client";
@@ -156,9 +156,11 @@ def test_packed_client_works_in_fresh_commonjs_and_esm_projects(
             kind
         )
 
-    # The README's route handlers, word for word, compile under --strict in the ESM project.
-    routes = re.findall(r"```ts\n(.*?)```", (PROJECT / "README.md").read_text(), re.S)
-    assert len(routes) >= 2, "the README's TypeScript examples went missing"
+    # The route handlers of docs/ (sending, receiving webhooks), word for word, compile under
+    # --strict in the ESM project.
+    pages = [PROJECT / "docs" / "api.md", PROJECT / "docs" / "events.md"]
+    routes = [r for page in pages for r in re.findall(r"```ts\n(.*?)```", page.read_text(), re.S)]
+    assert len(routes) >= 2, "docs/'s TypeScript examples went missing"
     project = tmp_path / "module"
     files = []
     for number, route in enumerate(routes):

@@ -350,10 +350,10 @@ def test_dns_outputs_are_the_records_domain_check_looks_for(template: dict[str, 
     assert printed == {record.zone_line for record in wanted}
 
 
-def test_readme_names_exactly_the_stacks_outputs(template: dict[str, Any]) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Deploy on AWS\n", 1)[1].split("\n## ", 1)[0]
+def test_deploy_page_names_exactly_the_stacks_outputs(template: dict[str, Any]) -> None:
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    section = page.split("\n## The App Runner stack\n", 1)[1].split("\n## ", 1)[0]
     table = re.findall(r"^ *\| `(\w+)` \|", section, flags=re.MULTILINE)
-    assert table, "the Deploy on AWS section lists the stack's outputs in a table"
+    assert table, "docs/deploy.md's App Runner section lists the stack's outputs in a table"
     assert sorted(table) == sorted(template["Outputs"])
     assert "deploy/cloudformation/tegami.yaml" in section

@@ -1401,7 +1401,7 @@ export interface components {
             detail?: components["schemas"]["ErrorDetail"][] | null;
             /** @description 403 `forbidden`: the scope of the key that was used. */
             scope?: components["schemas"]["ApiKeyScope"] | null;
-            /** @description 403 `forbidden`: the permission the request needs, which that scope lacks (the README's scope table says which scope has which). */
+            /** @description 403 `forbidden`: the permission the request needs, which that scope lacks (the scope table of docs/api.md says which scope has which). */
             permission?: components["schemas"]["Permission"] | null;
         };
         /**
