@@ -110,6 +110,16 @@ def ses_account(ses: MotoSes, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeA
     fake.stop()
 
 
+@pytest.fixture
+def ses_account_for_the_app(request: pytest.FixtureRequest) -> FakeAws | None:
+    """``ses_account`` for a test that reaches the database or SES (set up first when autouse,
+    so the app's SES client goes through it); nothing for a pure test, which starts no server."""
+    if not {"database_url", "ses"} & set(request.fixturenames):
+        return None
+    fake: FakeAws = request.getfixturevalue("ses_account")
+    return fake
+
+
 def make_settings(database_url: str = "postgresql://unused/none", **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,

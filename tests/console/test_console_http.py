@@ -20,8 +20,8 @@ from tests.support.conftest import Desk
 
 
 @pytest.fixture(autouse=True)
-def _ses_with_suppression_list(ses_account: FakeAws) -> FakeAws:
-    return ses_account
+def _ses_with_suppression_list(ses_account_for_the_app: FakeAws | None) -> FakeAws | None:
+    return ses_account_for_the_app
 
 
 async def new_key(engine: AsyncEngine, scope: ApiKeyScope, name: str) -> str:

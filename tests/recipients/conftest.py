@@ -1,5 +1,5 @@
-"""Every recipient test reaches an SES with an account suppression list (lifts and erasures
-update it), with moto behind it for sending."""
+"""Every recipient test that reaches the app reaches an SES with an account suppression list
+(lifts and erasures update it), with moto behind it for sending; the pure ones start neither."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ from tests.fake_aws import FakeAws
 
 
 @pytest.fixture(autouse=True)
-def _ses_with_suppression_list(ses_account: FakeAws) -> FakeAws:
+def _ses_with_suppression_list(ses_account_for_the_app: FakeAws | None) -> FakeAws | None:
     # Autouse: set up before the app starts, so its SES client goes through the fake.
-    return ses_account
+    return ses_account_for_the_app
