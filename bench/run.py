@@ -22,7 +22,7 @@ package) and a PostgreSQL where it may create and drop its own database ``tegami
 
 Each figure is reported beside its ceiling, measured in the same run on the same machine: a
 bare FastAPI + asyncpg endpoint (bench/ceiling.py) for the HTTP paths, a bare aiohttp sender
-for the fake SES (bench/fake_ses.py), and SES's MaxSendRate for the rate test.
+for the fake SES (tests/fake_ses.py, the tests' own), and SES's MaxSendRate for the rate test.
 """
 
 from __future__ import annotations
@@ -664,7 +664,7 @@ def start_fake(logs: Path, *, rate: float, latency_ms: float = 0.0) -> Proc:
         "fake-ses",
         [
             PYTHON,
-            str(BENCH / "fake_ses.py"),
+            str(ROOT / "tests" / "fake_ses.py"),
             "--port",
             str(FAKE_PORT),
             "--rate",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 
 
 @pytest.fixture(autouse=True)
-def _ses_with_suppression_list(ses_account_for_the_app: FakeAws | None) -> FakeAws | None:
+def _ses_with_suppression_list(ses_account_for_the_app: FakeSes | None) -> FakeSes | None:
     # Autouse: set up before the app starts, so its SES client goes through the fake.
     return ses_account_for_the_app
