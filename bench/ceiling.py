@@ -11,7 +11,7 @@ process exactly like ``tegami serve``:
 - ``POST /sns/ses-events``: parse the SNS JSON, verify its RSA signature against the
   certificate in ``CEILING_SNS_CERT``, one INSERT of the MessageId (ON CONFLICT DO NOTHING).
 
-Its tables (``ceiling_message``, ``ceiling_sns``) are created by ``bench/run.py``.
+Its tables (``ceiling_message``, ``ceiling_sns``) are created by ``bench/runner.py``.
 """
 
 from __future__ import annotations

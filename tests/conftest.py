@@ -29,7 +29,7 @@ from app.db import create_engine, migrate
 from app.main import create_app
 from app.models import ApiKeyScope
 from app.sns.signature import make_signing_identity
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 from tests.ses import MotoSes
 from tests.sns_messages import CERT_NAME, TOPIC, Sns
 
@@ -101,13 +101,24 @@ def ses(moto_ses: MotoSes) -> MotoSes:
 
 
 @pytest.fixture
-def ses_account(ses: MotoSes, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAws]:
+def ses_account(ses: MotoSes, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSes]:
     """SES's account suppression list (which moto lacks) in front of moto's SES: SES v2 calls
-    the fake does not speak (SendEmail) go on to moto. Set up before the app starts."""
-    fake = FakeAws(proxy_to=ses.endpoint).start()
+    the fake does not speak, and the mails it accepts, go on to moto. Set up before the app
+    starts."""
+    fake = FakeSes(proxy_to=ses.endpoint).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", fake.endpoint)
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+def ses_account_for_the_app(request: pytest.FixtureRequest) -> FakeSes | None:
+    """``ses_account`` for a test that reaches the database or SES (set up first when autouse,
+    so the app's SES client goes through it); nothing for a pure test, which starts no server."""
+    if not {"database_url", "ses"} & set(request.fixturenames):
+        return None
+    fake: FakeSes = request.getfixturevalue("ses_account")
+    return fake
 
 
 def make_settings(database_url: str = "postgresql://unused/none", **overrides: Any) -> Settings:

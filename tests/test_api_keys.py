@@ -15,7 +15,7 @@ from app.models import ApiKeyScope
 from tests.emails.test_router import body
 from tests.ses import MotoSes
 
-# Lifts reach SES's account suppression list (tests/fake_aws.py in front of moto).
+# Lifts reach SES's account suppression list (tests/fake_ses.py in front of moto).
 pytestmark = pytest.mark.usefixtures("ses_account")
 
 

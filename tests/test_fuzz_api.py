@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.sns.signature import make_signing_identity
 from tests.conftest import AppFactory
 from tests.emails.test_router import body, drain
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 from tests.ses import MotoSes
 from tests.sns_messages import CERT_NAME, REGION, TOPIC, Sns, ses_event
 
@@ -199,7 +199,7 @@ def _addressed(case: Case) -> Case:
 
 @pytest.fixture
 async def fuzz_client(
-    ses_account: FakeAws, start_app: AppFactory, identity: tuple[bytes, bytes], tmp_path: Path
+    ses_account: FakeSes, start_app: AppFactory, identity: tuple[bytes, bytes], tmp_path: Path
 ) -> httpx.AsyncClient:
     (tmp_path / CERT_NAME).write_bytes(identity[1])
     return await start_app(sns_cert_dir=tmp_path, sns_topic_arns=[TOPIC])

@@ -30,7 +30,7 @@ from app.status.router import SetupRead, _SetupCache
 from tests.conftest import make_settings
 from tests.emails.test_router import LINKS, body
 
-# The suppression list's lift and erase reach SES's account list (tests/fake_aws.py).
+# The suppression list's lift and erase reach SES's account list (tests/fake_ses.py).
 pytestmark = pytest.mark.usefixtures("ses_account")
 
 ADMIN, APP, SUPPORT, TEST = (

@@ -15,13 +15,13 @@ from app.console import session as console_session
 from app.db import create_sessionmaker
 from app.models import ApiKeyScope
 from tests.conftest import AppFactory
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 from tests.support.conftest import Desk
 
 
 @pytest.fixture(autouse=True)
-def _ses_with_suppression_list(ses_account: FakeAws) -> FakeAws:
-    return ses_account
+def _ses_with_suppression_list(ses_account_for_the_app: FakeSes | None) -> FakeSes | None:
+    return ses_account_for_the_app
 
 
 async def new_key(engine: AsyncEngine, scope: ApiKeyScope, name: str) -> str:

@@ -1,5 +1,5 @@
 """An erasure forgets that person, and only that person: walked over HTTP, with mail sent
-through moto's SES (SES's account list in front, tests/fake_aws.py), SES feedback as signed
+through moto's SES (SES's account list in front, tests/fake_ses.py), SES feedback as signed
 SNS messages and the app's events arriving at a verifying receiver."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 from tests.sns_messages import CERT_NAME, TOPIC, Sns, ses_event
 from tests.webhooks.test_webhooks import OTHER_SECRET, SECRET, Receiver, send_mail
 
@@ -37,7 +37,7 @@ async def app(
     start_app: AppFactory,
     database_url: str,
     receiver: Receiver,
-    ses_account: FakeAws,
+    ses_account: FakeSes,
     identity: tuple[bytes, bytes],
     tmp_path: Path,
 ) -> tuple[httpx.AsyncClient, Sns]:

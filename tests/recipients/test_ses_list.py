@@ -1,6 +1,6 @@
 """SES's own suppression list in step with tegami's: lifting and erasing remove the address
 there too, `tegami suppressions import-from-ses` brings SES's list in. Over HTTP against the
-fake SES (tests/fake_aws.py; moto has no suppression list), with moto behind it for sending."""
+fake SES (tests/fake_ses.py; moto has no suppression list), with moto behind it for sending."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from app.config import MailBackend, Settings
 from app.models import SesListRemoval
 from tests.conditions import eventually
 from tests.conftest import AppFactory
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 
 ADDRESS = "taro@example.com"
 
@@ -30,7 +30,7 @@ async def suppressed_by_hand(client: httpx.AsyncClient, auth: dict[str, str]) ->
 
 
 async def test_a_lifted_suppression_leaves_ses_list_too(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes
 ) -> None:
     await suppressed_by_hand(client, auth)
     ses_account.suppressed[ADDRESS] = ("BOUNCE", datetime(2024, 5, 1, 9, 30, tzinfo=UTC))
@@ -57,7 +57,7 @@ async def test_lifting_an_address_ses_does_not_hold_says_so(
 
 
 async def test_ses_down_the_lift_is_refused_and_the_suppression_stays(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes
 ) -> None:
     await suppressed_by_hand(client, auth)
     ses_account.stop()
@@ -72,7 +72,7 @@ async def test_ses_down_the_lift_is_refused_and_the_suppression_stays(
 
 
 async def test_an_erasure_takes_the_address_off_ses_list(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes
 ) -> None:
     await suppressed_by_hand(client, auth)
     ses_account.suppressed[ADDRESS] = ("COMPLAINT", datetime(2024, 5, 1, 9, 30, tzinfo=UTC))
@@ -87,7 +87,7 @@ async def test_an_erasure_takes_the_address_off_ses_list(
 async def test_ses_down_an_erasure_happens_and_the_removal_waits_until_ses_is_back(
     start_app: AppFactory,
     auth: dict[str, str],
-    ses_account: FakeAws,
+    ses_account: FakeSes,
     engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -152,7 +152,7 @@ async def removal_attempts(engine: AsyncEngine) -> int:
 
 
 async def test_an_erasure_with_ses_up_leaves_nothing_waiting(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws, engine: AsyncEngine
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes, engine: AsyncEngine
 ) -> None:
     ses_account.suppressed[ADDRESS] = ("BOUNCE", datetime(2024, 5, 1, 9, 30, tzinfo=UTC))
 
@@ -168,7 +168,7 @@ DOCOMO_WIRE = '"taro."@docomo.ne.jp'
 
 @pytest.mark.parametrize("given", [DOCOMO, DOCOMO_WIRE])
 async def test_a_lift_takes_both_spellings_of_a_carrier_address_off_ses_list(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws, given: str
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes, given: str
 ) -> None:
     assert (
         await client.put(f"/recipients/{given}/suppression", json={}, headers=auth)
@@ -185,7 +185,7 @@ async def test_a_lift_takes_both_spellings_of_a_carrier_address_off_ses_list(
 
 @pytest.mark.parametrize("given", [DOCOMO, DOCOMO_WIRE])
 async def test_an_erasure_takes_both_spellings_of_a_carrier_address_off_ses_list(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws, given: str
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes, given: str
 ) -> None:
     listed = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
     # SES lists the spelling mail went to (a bounce), and maybe the other (an import, a hand).
@@ -211,7 +211,7 @@ async def test_with_the_mailbox_backend_there_is_no_ses_to_update(
 
 
 async def test_import_brings_ses_list_in_once(
-    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeAws, settings: Settings
+    client: httpx.AsyncClient, auth: dict[str, str], ses_account: FakeSes, settings: Settings
 ) -> None:
     ses_account.suppressed = {
         "hanako@example.com": ("BOUNCE", datetime(2023, 4, 1, 12, 0, tzinfo=UTC)),
@@ -242,7 +242,7 @@ async def test_import_brings_ses_list_in_once(
 
 
 async def test_import_with_ses_down_imports_nothing_and_says_so(
-    ses_account: FakeAws, settings: Settings, capsys: pytest.CaptureFixture[str]
+    ses_account: FakeSes, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ses_account.stop()
 

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.main import create_app
 from app.setup.domain import expected_records, zone_snippet
 from tests.conftest import AppFactory, make_settings
-from tests.fake_aws import REGION, TOPIC, FakeAws
+from tests.fake_ses import REGION, TOPIC, FakeSes
 from tests.setup.dns_server import DnsServer, serving, zone_from_text
 
 DOMAIN = "proworks.jp"
@@ -40,8 +40,8 @@ CHECKS = [
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAws]:
-    fake = FakeAws(dkim_tokens=TOKENS).ready(
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSes]:
+    fake = FakeSes(dkim_tokens=TOKENS, max_send_rate=14.0, sent_before=3.0).ready(
         configuration_set="tegami", topic=TOPIC, endpoint=ENDPOINT
     )
     fake.start()
@@ -102,7 +102,7 @@ def only_failure(output: str, name: str) -> str:
 
 
 def test_a_ready_deployment_passes_every_check(
-    aws: FakeAws, dns: DnsServer, database_url: str
+    aws: FakeSes, dns: DnsServer, database_url: str
 ) -> None:
     code, out = doctor(doctor_settings(database_url, dns))
 
@@ -113,7 +113,7 @@ def test_a_ready_deployment_passes_every_check(
 
 
 def test_an_unconfirmed_subscription_is_named(
-    aws: FakeAws, dns: DnsServer, database_url: str
+    aws: FakeSes, dns: DnsServer, database_url: str
 ) -> None:
     aws.topics[TOPIC][0].confirmed = False
 
@@ -125,7 +125,7 @@ def test_an_unconfirmed_subscription_is_named(
     assert "request confirmation again" in failure
 
 
-def test_a_missing_event_type_is_named(aws: FakeAws, dns: DnsServer, database_url: str) -> None:
+def test_a_missing_event_type_is_named(aws: FakeSes, dns: DnsServer, database_url: str) -> None:
     aws.configuration_sets["tegami"][0]["MatchingEventTypes"].remove("COMPLAINT")
 
     code, out = doctor(doctor_settings(database_url, dns))
@@ -136,7 +136,7 @@ def test_a_missing_event_type_is_named(aws: FakeAws, dns: DnsServer, database_ur
 
 
 def test_a_missing_recommended_event_type_only_warns(
-    aws: FakeAws, dns: DnsServer, database_url: str
+    aws: FakeSes, dns: DnsServer, database_url: str
 ) -> None:
     aws.configuration_sets["tegami"][0]["MatchingEventTypes"].remove("RENDERING_FAILURE")
 
@@ -147,7 +147,7 @@ def test_a_missing_recommended_event_type_only_warns(
     assert "does not publish RENDERING_FAILURE" in out
 
 
-def test_a_missing_dkim_record_is_named(aws: FakeAws, database_url: str) -> None:
+def test_a_missing_dkim_record_is_named(aws: FakeSes, database_url: str) -> None:
     missing = f"{TOKENS[1]}._domainkey.{DOMAIN}"
     with serving(zone_from_text(published_zone(without=missing), DOMAIN)) as dns:
         code, out = doctor(doctor_settings(database_url, dns))
@@ -159,7 +159,7 @@ def test_a_missing_dkim_record_is_named(aws: FakeAws, database_url: str) -> None
 
 
 def test_a_topic_tegami_does_not_accept_fails_the_configuration_set(
-    aws: FakeAws, dns: DnsServer, database_url: str
+    aws: FakeSes, dns: DnsServer, database_url: str
 ) -> None:
     other = TOPIC.replace("tegami-ses-events", "other")
     settings = make_settings(
@@ -179,7 +179,7 @@ def test_a_topic_tegami_does_not_accept_fails_the_configuration_set(
 
 
 def test_an_unreachable_ses_fails_its_checks_without_a_traceback(
-    aws: FakeAws, dns: DnsServer, database_url: str
+    aws: FakeSes, dns: DnsServer, database_url: str
 ) -> None:
     aws.stop()
 
@@ -191,7 +191,7 @@ def test_an_unreachable_ses_fails_its_checks_without_a_traceback(
     assert verdicts(out)["database"] == "ok"
 
 
-def test_a_plain_http_public_url_fails(aws: FakeAws, dns: DnsServer, database_url: str) -> None:
+def test_a_plain_http_public_url_fails(aws: FakeSes, dns: DnsServer, database_url: str) -> None:
     # Start-up refuses this with the ses backend (tests/test_config.py); the doctor says so
     # too, for settings it is handed unchecked.
     settings = make_settings(
@@ -209,7 +209,7 @@ def test_a_plain_http_public_url_fails(aws: FakeAws, dns: DnsServer, database_ur
 
 
 async def test_status_setup_returns_the_same_checks_as_json(
-    aws: FakeAws, dns: DnsServer, start_app: AppFactory, auth: dict[str, str]
+    aws: FakeSes, dns: DnsServer, start_app: AppFactory, auth: dict[str, str]
 ) -> None:
     client = await start_app(
         ses_configuration_set="tegami", sns_topic_arns=[TOPIC], dns_nameserver=dns.address

@@ -9,7 +9,7 @@ import pytest
 
 from app.status import router as status
 from tests.conftest import AppFactory
-from tests.fake_aws import TOPIC, FakeAws
+from tests.fake_ses import TOPIC, FakeSes
 from tests.setup.dns_server import DnsServer, serving, zone_from_text
 from tests.setup.test_doctor import (
     DOMAIN,
@@ -25,7 +25,7 @@ __all__ = ["aws", "dns"]  # fixtures, used by name
 
 
 def test_a_raw_message_delivery_subscription_fails(
-    aws: FakeAws, dns: DnsServer, database_url: str
+    aws: FakeSes, dns: DnsServer, database_url: str
 ) -> None:
     aws.topics[TOPIC][0].raw_message_delivery = True
 
@@ -38,7 +38,7 @@ def test_a_raw_message_delivery_subscription_fails(
     assert "GetSubscriptionAttributes" in aws.calls
 
 
-def test_spf_missing_on_the_from_domain_fails(aws: FakeAws, database_url: str) -> None:
+def test_spf_missing_on_the_from_domain_fails(aws: FakeSes, database_url: str) -> None:
     # Every other record (MAIL FROM's SPF included) is in place.
     with serving(zone_from_text(published_zone(without=DOMAIN), DOMAIN)) as dns:
         code, out = doctor(doctor_settings(database_url, dns))
@@ -49,7 +49,7 @@ def test_spf_missing_on_the_from_domain_fails(aws: FakeAws, database_url: str) -
     assert f"add TXT {DOMAIN} 'v=spf1 include:amazonses.com ~all'" in failure
 
 
-def test_spf_on_the_from_domain_without_amazonses_fails(aws: FakeAws, database_url: str) -> None:
+def test_spf_on_the_from_domain_without_amazonses_fails(aws: FakeSes, database_url: str) -> None:
     zone = published_zone(without=DOMAIN) + f'{DOMAIN}. 3600 IN TXT "v=spf1 mx ~all"\n'
     with serving(zone_from_text(zone, DOMAIN)) as dns:
         code, out = doctor(doctor_settings(database_url, dns))
@@ -60,7 +60,7 @@ def test_spf_on_the_from_domain_without_amazonses_fails(aws: FakeAws, database_u
     assert "add include:amazonses.com" in failure
 
 
-def test_spf_missing_on_the_mail_from_domain_fails(aws: FakeAws, database_url: str) -> None:
+def test_spf_missing_on_the_mail_from_domain_fails(aws: FakeSes, database_url: str) -> None:
     mail_from = f"bounce.{DOMAIN}"
     zone = "\n".join(
         line
@@ -76,7 +76,7 @@ def test_spf_missing_on_the_mail_from_domain_fails(aws: FakeAws, database_url: s
 
 
 async def test_status_setup_keeps_its_answer_for_a_while(
-    aws: FakeAws,
+    aws: FakeSes,
     dns: DnsServer,
     start_app: AppFactory,
     auth: dict[str, str],

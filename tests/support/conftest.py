@@ -19,7 +19,7 @@ from app.db import create_sessionmaker
 from app.emails import outbox
 from app.models import ApiKeyScope, Category, Message
 from tests.conftest import AppFactory
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 from tests.sns_messages import CERT_NAME, PARAMS, TOPIC, Sns, ses_event
 
 PARAMS_ALL = {**PARAMS, "email-change": {"verification_url": "https://proworks.jp/change?t=1"}}
@@ -135,7 +135,7 @@ async def desk(
     tmp_path: Path,
     engine: AsyncEngine,
     api_key: str,
-    ses_account: FakeAws,
+    ses_account: FakeSes,
 ) -> Desk:
     (tmp_path / CERT_NAME).write_bytes(identity[1])
     client = await start_app(run_worker=False, sns_cert_dir=tmp_path, sns_topic_arns=[TOPIC])

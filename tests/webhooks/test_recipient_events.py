@@ -15,7 +15,7 @@ import pytest
 from app.webhooks.dispatcher import WebhookDispatcher
 from tests.conditions import eventually
 from tests.conftest import AppFactory, make_settings
-from tests.fake_aws import FakeAws
+from tests.fake_ses import FakeSes
 from tests.sns_messages import CERT_NAME, PARAMS, SOFT_BOUNCES, TOPIC, Sns, ses_event
 from tests.webhooks.receivers import SECRET, Receiver
 
@@ -29,7 +29,7 @@ async def app(
     identity: tuple[bytes, bytes],
     tmp_path: Path,
     app_endpoint: Receiver,
-    ses_account: FakeAws,  # SES's account suppression list, which a lift updates first
+    ses_account: FakeSes,  # SES's account suppression list, which a lift updates first
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Sns]]:
     (tmp_path / CERT_NAME).write_bytes(identity[1])
     settings = make_settings(
