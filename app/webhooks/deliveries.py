@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import Fragment, NamedStatement
 from app.models import WebhookDelivery
-from app.webhooks.events import EventType
+from app.webhooks.events import EmailEventData, EventType, read_from
 
 _enabled = False
 
@@ -54,29 +54,17 @@ class DeliveryStatus(StrEnum):
 
 # -- recording events --------------------------------------------------------------------
 
-# The `email.*` payload, built here only: each field of app.webhooks.events.EmailEventData and
-# the SQL it is read from, over the outbox's ``applied`` row ``a`` (the mail's new status,
-# SES's fields) and the mail ``m`` as the statement found it. Adding a
-# field to every `email.*` event is one entry here (the model documents it; a test holds both
-# to one list).
-EMAIL_EVENT_FIELDS: Final = {
-    "email_id": "a.id",
-    "type": "m.kind",
-    "user_id": "m.user_id",
-    "address": "m.to_address",
-    "status": "a.status",
-    "test": "m.test",
-    "tags": "m.tags",
-    "ses_type": "a.ses_type",
-    "ses_subtype": "a.ses_subtype",
-    "diagnostic": "a.diagnostic",
-}
+# The `email.*` payload, built here only, from app.webhooks.events.EmailEventData: each field
+# and the SQL its ReadFrom names (adding a field is one field there).
+EMAIL_EVENT_FIELDS: Final = read_from(EmailEventData)
 
 
-def email_events() -> Fragment:
+def email_events(model: type[BaseModel] = EmailEventData) -> Fragment:
     """The `email.*` event of each mail the outbox changed (app.emails.outbox's ``applied``:
-    ``id``, the new ``status``, ``webhook_type`` (None: not news) and SES's fields)."""
-    fields = ", ".join(f"'{name}', {sql}" for name, sql in EMAIL_EVENT_FIELDS.items())
+    ``id``, the new ``status``, ``webhook_type`` (None: not news) and SES's fields), with the
+    fields of ``model`` (a test hands a model with one more)."""
+    read = EMAIL_EVENT_FIELDS if model is EmailEventData else read_from(model)
+    fields = ", ".join(f"'{name}', {sql}" for name, sql in read.items())
     sql = f"""
     webhook_email_events AS (
         INSERT INTO webhook_delivery (type, data)
@@ -213,7 +201,10 @@ async def record_attempt(
 async def list_deliveries(
     session: AsyncSession, *, status: DeliveryStatus | None, limit: int
 ) -> list[WebhookDelivery]:
-    query = select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(limit)
+    # Events of one statement share created_at: the id breaks the tie, so two reads of an
+    # unchanged table list the same order.
+    newest_first = (WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    query = select(WebhookDelivery).order_by(*newest_first).limit(limit)
     if status is not None:
         query = query.where(WebhookDelivery.status == status.value)
     return list((await session.execute(query)).scalars())

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,26 +45,64 @@ BounceType = Literal["Permanent", "Transient", "Undetermined"]
 ComplaintFeedbackType = Literal["abuse", "auth-failure", "fraud", "not-spam", "other", "virus"]
 
 
+@dataclass(frozen=True)
+class ReadFrom:
+    """Where an `email.*` field is read when the outbox records the event (app.webhooks.
+    deliveries builds the payload from these): over the outbox's ``applied`` row ``a`` (the
+    mail's new status, SES's fields) and the mail ``m`` as the statement found it. Not part of
+    the schema."""
+
+    sql: str
+
+
+# Adding a field to every `email.*` event is one field here, with its description and the
+# ReadFrom it is read from (then `tegami openapi` refreshes the published document).
 class EmailEventData(BaseModel):
     """What every `email.*` event carries; each event narrows the SES fields it fills."""
 
-    email_id: uuid.UUID = Field(
+    email_id: Annotated[uuid.UUID, ReadFrom("a.id")] = Field(
         description="The id the send (`POST /emails/<type>`) answered with."
     )
-    type: MailType = Field(description="The email type, as in the path it was sent with.")
-    user_id: str | None = Field(description="The app's own user id, when it gave one.")
-    address: str | None = Field(description="The recipient, as the app gave it (null if erased).")
-    status: MessageStatus = Field(description="The email's status after the event.")
-    test: bool = Field(
+    type: Annotated[MailType, ReadFrom("m.kind")] = Field(
+        description="The email type, as in the path it was sent with."
+    )
+    user_id: Annotated[str | None, ReadFrom("m.user_id")] = Field(
+        description="The app's own user id, when it gave one."
+    )
+    address: Annotated[str | None, ReadFrom("m.to_address")] = Field(
+        description="The recipient, as the app gave it (null if erased)."
+    )
+    status: Annotated[MessageStatus, ReadFrom("a.status")] = Field(
+        description="The email's status after the event."
+    )
+    test: Annotated[bool, ReadFrom("m.test")] = Field(
         description="Sent with a `test` key: rendered and recorded, never handed to SES "
         "(`email.sent` then means rendered). Always false for real mail."
     )
-    tags: dict[str, str] = Field(
+    tags: Annotated[dict[str, str], ReadFrom("m.tags")] = Field(
         default_factory=dict, description="The tags the send gave (`{}` when none)."
     )
-    ses_type: None = Field(default=None, description="Only bounces and complaints carry one.")
-    ses_subtype: None = Field(default=None, description="Only bounces carry one.")
-    diagnostic: None = Field(default=None, description="Only bounces carry one.")
+    ses_type: Annotated[None, ReadFrom("a.ses_type")] = Field(
+        default=None, description="Only bounces and complaints carry one."
+    )
+    ses_subtype: Annotated[None, ReadFrom("a.ses_subtype")] = Field(
+        default=None, description="Only bounces carry one."
+    )
+    diagnostic: Annotated[None, ReadFrom("a.diagnostic")] = Field(
+        default=None, description="Only bounces carry one."
+    )
+
+
+def read_from(model: type[BaseModel]) -> dict[str, str]:
+    """Each field of ``model`` and the SQL it is read from (its ``ReadFrom``), in order; a
+    field without one is a mistake caught here, at import of whoever builds the payload."""
+    found: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        sources = [m.sql for m in info.metadata if isinstance(m, ReadFrom)]
+        if len(sources) != 1:
+            raise TypeError(f"{model.__name__}.{name} needs one ReadFrom(...) to say its source")
+        found[name] = sources[0]
+    return found
 
 
 class EmailBouncedData(EmailEventData):

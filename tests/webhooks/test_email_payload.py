@@ -1,20 +1,27 @@
 """Every `email.*` event carries the fields of its model, whichever path raised it: the worker
 (finish), SES feedback, the guard's hold, an operator's discard, the API's cancel, an erasure.
-They are built in one place (app.webhooks.deliveries.EMAIL_EVENT_FIELDS): adding a field is one
-entry there, and this test fails until the model documents it."""
+They are built from one place, the model (app.webhooks.events.EmailEventData): adding a field is
+one field there, with its description and the SQL it is ``ReadFrom``; the tests below show a
+model with one field more reaching the statement every path uses, and every path's payload
+carrying exactly the model's fields."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Annotated
+
 import httpx
 import pytest
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import driver_connection
+from app.db import Fragment, compose, driver_connection
 from app.emails import outbox
 from app.models import OPTIONAL_CATEGORIES, WebhookDelivery
+from app.recipients import service as recipients
 from app.webhooks import deliveries
-from app.webhooks.events import EmailEventData
+from app.webhooks.events import EmailEventData, ReadFrom, read_from
 from tests.sns_messages import PARAMS, Sns, ses_event
 
 
@@ -27,8 +34,32 @@ async def accept(client: httpx.AsyncClient, auth: dict[str, str], to: str, kind:
     return email_id
 
 
-def test_the_payload_list_is_the_models_fields() -> None:
+class WithOneMore(EmailEventData):
+    """The one edit: a field, its description and where it is read."""
+
+    sent_at: Annotated[datetime | None, ReadFrom("m.sent_at")] = Field(
+        default=None, description="When SES took the mail."
+    )
+
+
+def test_the_payload_is_read_from_the_models_fields() -> None:
     assert list(deliveries.EMAIL_EVENT_FIELDS) == list(EmailEventData.model_fields)
+
+    # SES feedback's statement, as app.sns.feedback composes it, with each model.
+    def feedback_with(*events: Fragment) -> str:
+        owners = (recipients.DECISIONS, outbox.FEEDBACK_WITH_EVENTS)
+        return compose(*owners, *events, select="SELECT 1").sql
+
+    assert "'sent_at', m.sent_at" in feedback_with(deliveries.email_events(WithOneMore))
+    assert "'sent_at'" not in feedback_with(deliveries.email_events())
+
+
+def test_a_field_without_its_source_is_refused_where_the_payload_is_built() -> None:
+    class Unsourced(EmailEventData):
+        sent_at: datetime | None = Field(default=None, description="When SES took the mail.")
+
+    with pytest.raises(TypeError, match=r"Unsourced.sent_at needs one ReadFrom"):
+        read_from(Unsourced)
 
 
 async def test_every_path_posts_the_models_fields(
