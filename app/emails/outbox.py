@@ -479,6 +479,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("ses_subtype", "text"),
     ("diagnostic", "text"),
 )
+_PARAMETERS = tuple(f"m_{name}" for name, _ in _COLUMNS)
 _FEEDBACK_COLUMNS = frozenset({"feedback", "then_kind", "then_detail"})
 _EVENT_COLUMNS = frozenset({"webhook_type", "ses_type", "ses_subtype", "diagnostic"})
 
@@ -520,17 +521,25 @@ def _values(
     left = next(iter(leaves), None)
     rows = [_row(*change) for change in changes]
     columns = list(zip(*rows, strict=True)) or [()] * len(_COLUMNS)
-    values: dict[str, Any] = {
-        f"m_{name}": list(column) for (name, _), column in zip(_COLUMNS, columns, strict=True)
+    values = {name: list(column) for name, column in zip(_PARAMETERS, columns, strict=True)}
+    return values | _constants(left, cause=cause)
+
+
+def _constants(leaves: frozenset[str] | None, *, cause: str) -> dict[str, Any]:
+    """The parameters one statement has once, whatever its number of changes."""
+    return {
+        "m_leaves": sorted(leaves) if leaves is not None else None,
+        "m_cause": cause,
+        "m_erased_mark": ERASED_MARK,
     }
-    values["m_leaves"] = sorted(left) if left is not None else None
-    values["m_cause"] = cause
-    values["m_erased_mark"] = ERASED_MARK
-    return values
 
 
 def _apply_fragment(
-    *, selection: str | None = None, feedback: bool = False, events: bool = False
+    *,
+    selection: str | None = None,
+    feedback: bool = False,
+    events: bool = False,
+    one: bool = False,
 ) -> Fragment:
     """The one statement shape: the mails updated by their transitions (one row per change,
     or one transition for every mail ``selection`` picks: a condition on ``m``), each only
@@ -540,7 +549,9 @@ def _apply_fragment(
     the app's ``email.*`` events are made of (app.webhooks.deliveries.email_events).
     ``feedback``: SES's part, whose text is recorded with the addresses of ``erased`` (the
     recipients' CTE) replaced, as the erasure replaced them, and whose transition may add a
-    line (a resend scheduled).
+    line (a resend scheduled). ``one``: at most one change (SES feedback is about one mail),
+    its columns as plain parameters (``_one_values``) rather than arrays of one, which
+    encode and plan dearer on the SNS hot path.
 
     Its plan is made anew on each run (a generic plan of arrays looks dearer): it reads only
     the columns its callers need, which keeps the planning of the hot paths short."""
@@ -549,8 +560,13 @@ def _apply_fragment(
         for name, kind in _COLUMNS
         if (feedback or name not in _FEEDBACK_COLUMNS) and (events or name not in _EVENT_COLUMNS)
     ]
-    unnest = ", ".join(f"CAST(:m_{name} AS {kind}[])" for name, kind in columns)
-    names = ", ".join(name for name, _ in columns)
+    if one:
+        row = ", ".join(f"CAST(:m_{name} AS {kind}) AS {name}" for name, kind in columns)
+        changes = f"(SELECT {row}, 1 AS ord) AS t"
+    else:
+        unnest = ", ".join(f"CAST(:m_{name} AS {kind}[])" for name, kind in columns)
+        names = ", ".join(name for name, _ in columns)
+        changes = f"unnest({unnest}) WITH ORDINALITY AS t({names}, ord)"
     mine = "m.id = t.id" if selection is None else selection
 
     def scrub(text: str) -> str:
@@ -587,7 +603,7 @@ def _apply_fragment(
             -- reputation window of sends.
             sent_at = CASE WHEN t.taken THEN now() ELSE m.sent_at END,
             updated_at = CASE WHEN t.status IS NULL THEN m.updated_at ELSE now() END
-        FROM unnest({unnest}) WITH ORDINALITY AS t({names}, ord)
+        FROM {changes}
         WHERE {mine}
             AND (CAST(:m_leaves AS text[]) IS NULL OR m.status = ANY(CAST(:m_leaves AS text[])))
             AND (t.attempt IS NULL OR m.attempts = t.attempt)
@@ -1028,16 +1044,19 @@ async def find_for_feedback(
 # The message's part of SES feedback, composed by app.sns.feedback with the recipients' into
 # one statement: SES's text is recorded scrubbed of the addresses of people erased since
 # (the recipients' ``erased``); with ``FEEDBACK_WITH_EVENTS``, the app's events read it.
-FEEDBACK = _apply_fragment(feedback=True)
-FEEDBACK_WITH_EVENTS = _apply_fragment(feedback=True, events=True)
+FEEDBACK = _apply_fragment(feedback=True, one=True)
+FEEDBACK_WITH_EVENTS = _apply_fragment(feedback=True, events=True, one=True)
 
 
 def feedback_values(
     target: FeedbackTarget | None, transition: Transition | None, *, cause: str
 ) -> dict[str, Any]:
-    """The parameters of ``FEEDBACK``; with no mail found, it writes nothing."""
-    changes = [(target.id, transition, None)] if target and transition else []
-    return _values(changes, cause=cause)
+    """The parameters of ``FEEDBACK``, one value per column; with no mail found (every column
+    NULL, so no id matches), it writes nothing."""
+    if target is None or transition is None:
+        return dict.fromkeys(_PARAMETERS) | _constants(None, cause=cause)
+    row = _row(target.id, transition, None)
+    return dict(zip(_PARAMETERS, row, strict=True)) | _constants(transition.leaves, cause=cause)
 
 
 # -- pausing sending for every replica ---------------------------------------------------

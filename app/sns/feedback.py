@@ -141,8 +141,9 @@ async def _write(
     transition = None
     if target is not None:
         # The mail's own recipient; an event that does not name it judges it alone.
-        alone = rules.decide(event.feedback, soft_bounce_count=0)
-        own = decisions.get(target.address_hash) or alone
+        own = decisions.get(target.address_hash)
+        if own is None:
+            own = rules.decide(event.feedback, soft_bounce_count=0)
         transition = lifecycle.after_feedback(report, own, mail=target, now=feedback.now)
     values |= outbox.feedback_values(target, transition, cause=cause)
     statement = _WRITE_WITH_EVENTS if webhooks.enabled() else _WRITE
