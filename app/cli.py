@@ -17,7 +17,8 @@ from app.support.commands import EMAILS, WHY
 from app.webhooks.commands import WEBHOOKS
 
 DESCRIPTION = (
-    "The `tegami` command: serve, worker, migrate, dev, api-key, simulate, domain, openapi."
+    "tegami, the transactional-mail service: run it, set it up, and answer for its mail. "
+    "`tegami <command> --help` tells more."
 )
 
 # In the order `tegami --help` lists them.

@@ -17,6 +17,7 @@ from app.sns.schemas import sns_message_schema
 from app.sns.service import SnsOutcome
 from app.sns.signature import (
     CertificateStore,
+    MessageType,
     SnsShapeError,
     SnsVerificationError,
     parse_message,
@@ -155,9 +156,9 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
         )
         raise SnsRefused("the SNS message did not verify", code=ErrorCode(exc.reason)) from exc
 
-    kind = message["Type"]
+    kind = MessageType(message["Type"])  # one of them: parse_message checked
     async with driver_connection(await get_engine(request)) as connection:
-        if kind == "Notification":
+        if kind is MessageType.NOTIFICATION:
             # The hot path: committed when apply_notification returns.
             outcome = await feedback.apply_notification(
                 connection,
@@ -166,7 +167,7 @@ async def receive_ses_event(request: Request) -> SnsReceipt:
                 now=datetime.now(UTC),
                 on_reputation_event=await get_reputation_nudge(request),
             )
-        elif kind == "SubscriptionConfirmation":
+        elif kind is MessageType.SUBSCRIPTION_CONFIRMATION:
             outcome = await service.confirm_subscription(
                 connection, message=message, http=await get_http(request)
             )

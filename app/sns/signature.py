@@ -17,6 +17,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -45,7 +46,15 @@ class _Busy(SnsVerificationError):
     """No download slot came free in time: an answer about the moment, not about the URL."""
 
 
-MESSAGE_TYPES: Final = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
+class MessageType(StrEnum):
+    """SNS's ``Type``: what the router does with a verified message."""
+
+    NOTIFICATION = "Notification"
+    SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
+    UNSUBSCRIBE_CONFIRMATION = "UnsubscribeConfirmation"
+
+
+MESSAGE_TYPES: Final = tuple(MessageType)
 
 # Signed fields per Type, in the byte order AWS signs them (sorted by name).
 _NOTIFICATION_FIELDS: Final = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
@@ -59,9 +68,9 @@ _CONFIRMATION_FIELDS: Final = (
     "Type",
 )
 _SIGNED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    "Notification": _NOTIFICATION_FIELDS,
-    "SubscriptionConfirmation": _CONFIRMATION_FIELDS,
-    "UnsubscribeConfirmation": _CONFIRMATION_FIELDS,
+    MessageType.NOTIFICATION: _NOTIFICATION_FIELDS,
+    MessageType.SUBSCRIPTION_CONFIRMATION: _CONFIRMATION_FIELDS,
+    MessageType.UNSUBSCRIBE_CONFIRMATION: _CONFIRMATION_FIELDS,
 }
 _ENVELOPE_FIELDS: Final = ("SignatureVersion", "Signature", "SigningCertURL")
 _OPTIONAL_FIELDS: Final = frozenset({"Subject"})
