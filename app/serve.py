@@ -219,6 +219,10 @@ def _remember_dev_environment() -> None:
 
 
 def dev(*, host: str, port: int, webhook_url: str | None = None, reset: bool = False) -> None:
+    # uvicorn raises the SIGTERM it caught again once it has shut down: as an exit, not the
+    # default kill, so that pgserver's exit handler stops the embedded PostgreSQL (a `kill`
+    # or a closed terminal otherwise left it running, holding the port and the data dir).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Explicit TEGAMI_* variables win over the development defaults.
     for key, value in dev_environment(DEV_STATE.resolve(), host=host, port=port).items():
         os.environ.setdefault(key, value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -172,6 +173,26 @@ def test_commands_beside_tegami_dev_find_its_port_database_and_webhooks(dev: Dev
     reputation = httpx.get(f"{dev.url}/status/reputation", headers=auth).json()
     assert reputation["sends_in_window"] == 0
     assert list((dev.workdir / ".tegami" / "mailbox").glob("*.eml")) == []
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_tegami_dev_stops_its_postgresql(dev: Dev, stop_signal: signal.Signals) -> None:
+    dev.start()
+    pid_file = dev.workdir / ".tegami" / "pgdata" / "postmaster.pid"
+    postgres = int(pid_file.read_text().split()[0])
+    assert dev.process is not None
+    dev.process.send_signal(stop_signal)
+    assert dev.process.wait(30) == 0  # a clean stop, not a kill
+
+    def postgres_gone() -> bool:
+        try:
+            os.kill(postgres, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    _wait(postgres_gone, within=30)
+    assert not pid_file.exists()
 
 
 def _wait(condition: Any, within: float = 60) -> None:
