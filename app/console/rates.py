@@ -13,22 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Message, MessageEvent
 from app.recipients.rules import Feedback
+from app.reputation.watch import Rates
 
 
 @dataclass(frozen=True)
-class Bucket:
+class Bucket(Rates):
+    """The reputation watch's rates, over one hour or day from ``start``."""
+
     start: datetime
-    sends: int
-    hard_bounces: int
-    complaints: int
-
-    @property
-    def bounce_rate(self) -> float:
-        return self.hard_bounces / self.sends if self.sends else 0.0
-
-    @property
-    def complaint_rate(self) -> float:
-        return self.complaints / self.sends if self.sends else 0.0
 
 
 async def buckets(session: AsyncSession, *, unit: str, count: int) -> list[Bucket]:
@@ -60,4 +52,7 @@ async def buckets(session: AsyncSession, *, unit: str, count: int) -> list[Bucke
         .group_by(bucket.c.start)
         .order_by(bucket.c.start)
     )
-    return [Bucket(start, sends, bounces, complaints) for start, sends, bounces, complaints in rows]
+    return [
+        Bucket(start=start, sends=sends, hard_bounces=bounces, complaints=complaints)
+        for start, sends, bounces, complaints in rows
+    ]
