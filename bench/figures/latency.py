@@ -101,24 +101,25 @@ def measure(profile: Profile, logs: Path, first: int = 0) -> dict[str, Any]:
     series = {name: Series() for name in ("p50", "p99", "floor_p50", "floor_p99")}
     details: list[dict[str, Any]] = []
     try:
+        # Each run: tegami, then the floor (the ceiling app forwarding to the same fake SES).
+        sides = (
+            ("tegami", "", "t", lambda: start_tegami(logs, worker=True),
+             f"http://127.0.0.1:{TEGAMI_PORT}/emails/verify-email"),
+            ("floor", "floor_", "c", lambda: start_ceiling(logs, CEILING_SES_URL=FAKE_URL),
+             f"http://127.0.0.1:{CEILING_PORT}/forward/emails/verify-email"),
+        )  # fmt: skip
         for run in range(first, first + profile.runs):
             reset_tables()
-            proc = start_tegami(logs, worker=True)
-            url = f"http://127.0.0.1:{TEGAMI_PORT}/emails/verify-email"
-            result = _latency_run(url, profile.latency_seconds, f"t{run}", api_key, logs, proc)
-            proc.stop()
-            series["p50"].add(result["p50_ms"])
-            series["p99"].add(result["p99_ms"])
-            details.append({"run": run, "which": "tegami", **result})
-            log(f"latency run {run} tegami: {result}")
-            proc = start_ceiling(logs, CEILING_SES_URL=FAKE_URL)
-            url = f"http://127.0.0.1:{CEILING_PORT}/forward/emails/verify-email"
-            result = _latency_run(url, profile.latency_seconds, f"c{run}", api_key, logs, proc)
-            proc.stop()
-            series["floor_p50"].add(result["p50_ms"])
-            series["floor_p99"].add(result["p99_ms"])
-            details.append({"run": run, "which": "floor", **result})
-            log(f"latency run {run} floor: {result}")
+            for which, series_prefix, tag, start, url in sides:
+                proc = start()
+                result = _latency_run(
+                    url, profile.latency_seconds, f"{tag}{run}", api_key, logs, proc
+                )
+                proc.stop()
+                series[f"{series_prefix}p50"].add(result["p50_ms"])
+                series[f"{series_prefix}p99"].add(result["p99_ms"])
+                details.append({"run": run, "which": which, **result})
+                log(f"latency run {run} {which}: {result}")
     finally:
         fake_ses.stop()
     return {**series, "details": details}
