@@ -550,7 +550,7 @@ def _apply_fragment(
     ``feedback``: SES's part, whose text is recorded with the addresses of ``erased`` (the
     recipients' CTE) replaced, as the erasure replaced them, and whose transition may add a
     line (a resend scheduled). ``one``: at most one change (SES feedback is about one mail),
-    its columns as plain parameters (``_one_values``) rather than arrays of one, which
+    its columns as plain parameters (``feedback_values``) rather than arrays of one, which
     encode and plan dearer on the SNS hot path.
 
     Its plan is made anew on each run (a generic plan of arrays looks dearer): it reads only

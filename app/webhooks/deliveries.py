@@ -55,7 +55,8 @@ class DeliveryStatus(StrEnum):
 # -- recording events --------------------------------------------------------------------
 
 # The `email.*` payload, built here only, from app.webhooks.events.EmailEventData: each field
-# and the SQL its ReadFrom names (adding a field is one field there).
+# and the SQL its ReadFrom names (adding a field is one field there). Read at import, so a
+# field without its ReadFrom stops the app from starting rather than a statement failing.
 EMAIL_EVENT_FIELDS: Final = read_from(EmailEventData)
 
 
@@ -63,8 +64,7 @@ def email_events(model: type[BaseModel] = EmailEventData) -> Fragment:
     """The `email.*` event of each mail the outbox changed (app.emails.outbox's ``applied``:
     ``id``, the new ``status``, ``webhook_type`` (None: not news) and SES's fields), with the
     fields of ``model`` (a test hands a model with one more)."""
-    read = EMAIL_EVENT_FIELDS if model is EmailEventData else read_from(model)
-    fields = ", ".join(f"'{name}', {sql}" for name, sql in read.items())
+    fields = ", ".join(f"'{name}', {sql}" for name, sql in read_from(model).items())
     sql = f"""
     webhook_email_events AS (
         INSERT INTO webhook_delivery (type, data)
